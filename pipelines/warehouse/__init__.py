@@ -1,0 +1,1 @@
+"""The warehouse: where OMOP rows land (DuckDB file by default), with the id map and lineage."""

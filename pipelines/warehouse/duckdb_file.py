@@ -1,0 +1,74 @@
+"""The DuckDB warehouse file: CDM tables in schema ``main``, Passerelle's side tables in ``passerelle``.
+
+The file is written in DuckDB's v1.0.0 storage format so that the DuckDB 1.x clients OHDSI users run
+from R (duckdb R package, DatabaseConnector) can open it; tests/test_warehouse.py proves it with a real
+DuckDB 1.x in a separate virtual environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from pipelines.cdm.ddl import statements
+from pipelines.cdm.spec import cdm_schema, side_schema
+from pipelines.errors import WarehouseError
+
+CDM_SCHEMA = "main"
+SIDE_SCHEMA = "passerelle"
+# Oldest storage format that still holds every type we write; readable by DuckDB >= 1.0.
+STORAGE_VERSION = "v1.0.0"
+
+
+def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a warehouse file (created if missing, in the compatible storage format)."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise WarehouseError(
+            f"{path}: no such warehouse; create it with `passerelle init --warehouse {path}`"
+        )
+    try:
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        config = {} if read_only else {"storage_compatibility_version": STORAGE_VERSION}
+        return duckdb.connect(str(path), read_only=read_only, config=config)
+    except duckdb.IOException as error:
+        raise WarehouseError(f"{path}: cannot open the warehouse ({_first_line(error)})") from error
+    except duckdb.Error as error:
+        raise WarehouseError(f"{path}: not a DuckDB warehouse ({_first_line(error)})") from error
+
+
+def initialize(path: Path | str) -> bool:
+    """Create the CDM and side tables if the file does not have them yet; True when created.
+
+    All in one transaction: a failure leaves no half-built schema behind.
+    """
+    with connect(path) as con:
+        if is_initialized(con):
+            return False
+        con.execute("BEGIN")
+        create_schema(con)
+        con.execute("COMMIT")
+    return True
+
+
+def create_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every CDM table (no foreign keys: see pipelines/cdm/ddl.py) and the side tables."""
+    for sql in statements(cdm_schema(), "duckdb", parts=("tables",)):
+        con.execute(sql)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SIDE_SCHEMA}")
+    for sql in statements(side_schema(), "duckdb", db_schema=SIDE_SCHEMA, parts=("tables", "primary_keys")):
+        con.execute(sql)
+
+
+def is_initialized(con: duckdb.DuckDBPyConnection) -> bool:
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'run_log'",
+        [SIDE_SCHEMA],
+    ).fetchone()[0]
+    return found > 0
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
