@@ -1,11 +1,14 @@
 """The ``passerelle`` command: thin wrappers over the library, no Dagster daemon needed.
 
-Each room contributes its commands from its own module (``pipelines/<room>/commands.py``); this
-module only assembles them and turns a ``PasserelleError`` into one clear line and a non-zero exit.
+Each room contributes its commands from its own module (``pipelines/<room>/commands.py``), imported
+only when that command runs so ``passerelle --help`` stays fast. This module assembles them and turns
+a ``PasserelleError`` into one clear line and a non-zero exit.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,9 +16,29 @@ import click
 
 from pipelines.errors import PasserelleError
 
+# command name -> "module:attribute" of its click command, one per room
+_ROOM_COMMANDS = {
+    "vocab": "pipelines.vocab.commands:vocab",
+    "run": "pipelines.job.commands:run",
+    "demo": "pipelines.job.commands:demo",
+    "derive": "pipelines.derive.commands:derive",
+    "dq": "pipelines.quality.commands:dq",
+    "generate": "pipelines.synthetic.commands:generate",
+}
+
 
 class _Group(click.Group):
-    """Prints user errors as one line; ``--debug`` keeps the traceback."""
+    """Loads room commands lazily; prints user errors as one line (``--debug`` keeps the traceback)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        available = [name for name, target in _ROOM_COMMANDS.items() if _module_exists(target)]
+        return sorted([*super().list_commands(ctx), *available])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _ROOM_COMMANDS and _module_exists(_ROOM_COMMANDS[name]):
+            module, attribute = _ROOM_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -64,3 +87,10 @@ def init(warehouse: Path) -> None:
 
     created = initialize(warehouse)
     click.echo(f"{'created' if created else 'already initialised'}: {warehouse}")
+
+
+def _module_exists(target: str) -> bool:
+    try:
+        return importlib.util.find_spec(target.split(":")[0]) is not None
+    except ModuleNotFoundError:  # its room's package is not there
+        return False

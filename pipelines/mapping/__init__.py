@@ -1,0 +1,1 @@
+"""Mapping: from staged source frames to OMOP rows (concept resolution, domain routing, units)."""
