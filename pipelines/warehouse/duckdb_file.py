@@ -33,10 +33,8 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
             path.parent.mkdir(parents=True, exist_ok=True)
         config = {} if read_only else {"storage_compatibility_version": STORAGE_VERSION}
         return duckdb.connect(str(path), read_only=read_only, config=config)
-    except duckdb.IOException as error:
-        raise WarehouseError(f"{path}: cannot open the warehouse ({_first_line(error)})") from error
     except duckdb.Error as error:
-        raise WarehouseError(f"{path}: not a DuckDB warehouse ({_first_line(error)})") from error
+        raise WarehouseError(f"{path}: {_explain(error)}") from error
 
 
 def initialize(path: Path | str) -> bool:
@@ -70,5 +68,13 @@ def is_initialized(con: duckdb.DuckDBPyConnection) -> bool:
     return found > 0
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0]
+def _explain(error: Exception) -> str:
+    """DuckDB's message turned into what the user should do about it."""
+    message = str(error).strip().splitlines()[0]
+    if "not a valid DuckDB database file" in message:
+        return "not a DuckDB warehouse; give the path of a new file or of an existing warehouse"
+    if "Could not set lock" in message or "Conflicting lock" in message:
+        return "in use by another process (DuckDB allows one writer at a time); wait for it or stop it"
+    if "newer version of DuckDB" in message:
+        return "written by a newer DuckDB than this Passerelle can read; upgrade Passerelle"
+    return f"cannot open the warehouse ({message})"
