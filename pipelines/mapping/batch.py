@@ -25,7 +25,10 @@ loader allocates through the persistent id map, plus these bookkeeping columns (
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
@@ -93,3 +96,36 @@ def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     for k, v in b.items():
         out[k] = out.get(k, 0) + v
     return out
+
+
+def write_batch(batch: MappedBatch, folder: Path) -> None:
+    """Stage a batch on disk (Parquet per table + counts), so a later step or process can load it.
+
+    Written to a temporary sibling folder first and renamed: a crash never leaves half a batch.
+    """
+    folder = Path(folder)
+    temporary = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(temporary, ignore_errors=True)
+    (temporary / "tables").mkdir(parents=True)
+    for name, frame in batch.tables.items():
+        frame.write_parquet(temporary / "tables" / f"{name}.parquet")
+    batch.quarantine.write_parquet(temporary / "quarantine.parquet")
+    batch.deletions.write_parquet(temporary / "deletions.parquet")
+    counts = {"inputs": batch.inputs, "mapped": batch.mapped, "filtered": batch.filtered}
+    (temporary / "counts.json").write_text(json.dumps(counts, indent=1, sort_keys=True))
+    shutil.rmtree(folder, ignore_errors=True)
+    temporary.rename(folder)
+
+
+def read_batch(folder: Path) -> MappedBatch:
+    """The batch ``write_batch`` staged in ``folder``."""
+    folder = Path(folder)
+    counts = json.loads((folder / "counts.json").read_text())
+    return MappedBatch(
+        tables={p.stem: pl.read_parquet(p) for p in sorted((folder / "tables").glob("*.parquet"))},
+        quarantine=pl.read_parquet(folder / "quarantine.parquet"),
+        deletions=pl.read_parquet(folder / "deletions.parquet"),
+        inputs=counts["inputs"],
+        mapped=counts["mapped"],
+        filtered=counts["filtered"],
+    )
