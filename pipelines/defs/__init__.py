@@ -1,0 +1,1 @@
+"""Dagster definitions, one module per domain: thin assets over the library's plain functions."""

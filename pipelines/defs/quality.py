@@ -1,0 +1,99 @@
+"""Quality: the OHDSI Data Quality Dashboard checks, as an asset and as asset checks on each table."""
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.defs.cdm import CLINICAL_TABLES
+from pipelines.defs.derived import DERIVED_TABLES
+from pipelines.defs.settings import PasserelleSettings
+
+_CHECKED_TABLES = [*CLINICAL_TABLES, *DERIVED_TABLES]
+_RESULTS = "results.json"
+
+
+@dg.asset(
+    group_name="quality",
+    kinds={"duckdb", "html"},
+    deps=[*CLINICAL_TABLES, *DERIVED_TABLES],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_fatal_conformance_failures",
+            asset="dqd_results",
+            blocking=True,
+            description="Fatal DQD conformance checks (tables, fields, keys) all pass; exports wait for it.",
+        )
+    ],
+)
+def dqd_results(settings: PasserelleSettings):
+    """The Data Quality Dashboard results of the whole CDM (the JSON the DQD viewer and Ares read)
+    and a readable HTML report. Sites judge a CDM by these numbers."""
+    from pipelines.quality import run_dqd
+    from pipelines.warehouse.duckdb_file import connect
+
+    started = time.perf_counter()
+    out = Path(settings.quality)
+    with connect(settings.warehouse, read_only=True) as con:
+        results = run_dqd(con, out_dir=out)
+    statuses = results.status_counts()
+    fatal = results.fatal_failures()
+    yield dg.MaterializeResult(
+        metadata={
+            "checks": dg.MetadataValue.int(sum(statuses.values())),
+            "passed": dg.MetadataValue.int(statuses.get("passed", 0)),
+            "failed": dg.MetadataValue.int(statuses.get("failed", 0)),
+            "not_applicable": dg.MetadataValue.int(statuses.get("not_applicable", 0)),
+            "errors": dg.MetadataValue.int(statuses.get("error", 0)),
+            "report": dg.MetadataValue.path(str(out / "report.html")),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="no_fatal_conformance_failures",
+        passed=not fatal,
+        metadata={"fatal_failures": dg.MetadataValue.int(len(fatal))},
+    )
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(
+            "dqd",
+            asset=table,
+            additional_deps=["dqd_results"],
+            description="Data Quality Dashboard checks of this table",
+        )
+        for table in _CHECKED_TABLES
+    ],
+    can_subset=True,
+)
+def dqd_table_checks(context: dg.AssetCheckExecutionContext, settings: PasserelleSettings):
+    """One check per table, from the DQD results: passes when none of its checks failed."""
+    results = json.loads((Path(settings.quality) / _RESULTS).read_text())
+    by_table: dict[str, dict[str, int]] = {t: {} for t in _CHECKED_TABLES}
+    for check in results.get("CheckResults", []):
+        table = str(check.get("cdmTableName", "")).lower()
+        if table in by_table:
+            status = _status(check)
+            by_table[table][status] = by_table[table].get(status, 0) + 1
+    selected = {key.asset_key.path[-1] for key in context.selected_asset_check_keys}
+    for table, counts in by_table.items():
+        if table not in selected:
+            continue
+        yield dg.AssetCheckResult(
+            asset_key=table,
+            check_name="dqd",
+            passed=counts.get("failed", 0) == 0 and counts.get("error", 0) == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={status: dg.MetadataValue.int(n) for status, n in sorted(counts.items())},
+        )
+
+
+def _status(check: dict) -> str:
+    if check.get("isError"):
+        return "error"
+    if check.get("notApplicable"):
+        return "not_applicable"
+    return "failed" if check.get("failed") else "passed"

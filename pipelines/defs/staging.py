@@ -1,0 +1,48 @@
+"""Staging: each landing batch read and mapped to OMOP rows, one asset per source standard."""
+
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.defs.metadata import batch_metadata
+from pipelines.defs.partitions import landing_batches
+from pipelines.defs.settings import PasserelleSettings
+from pipelines.mapping.batch import MappedBatch, write_batch
+
+
+def _sources(settings: PasserelleSettings, batch: str, kind: str) -> list[Path]:
+    folder = settings.batch_folder(batch) / kind
+    return [folder] if folder.exists() else []
+
+
+@dg.asset(
+    group_name="staging", kinds={"polars", "parquet"}, partitions_def=landing_batches, deps=["vocabulary"]
+)
+def fhir_staging(context: dg.AssetExecutionContext, settings: PasserelleSettings) -> dg.MaterializeResult:
+    """FHIR R4 resources of one landing batch (Bundles, Bulk NDJSON), mapped to OMOP rows with their
+    standard concepts, ready to load. Records that could not be mapped are kept in quarantine."""
+    from pipelines.sources.fhir import map_fhir
+    from pipelines.vocab import load_vocabulary
+
+    started = time.perf_counter()
+    sources = _sources(settings, context.partition_key, "fhir")
+    batch = map_fhir(sources, load_vocabulary(settings.vocab_folder)) if sources else MappedBatch()
+    write_batch(batch, settings.staged(context.partition_key, "fhir"))
+    return dg.MaterializeResult(metadata=batch_metadata(batch, time.perf_counter() - started))
+
+
+@dg.asset(
+    group_name="staging", kinds={"polars", "parquet"}, partitions_def=landing_batches, deps=["vocabulary"]
+)
+def openehr_staging(context: dg.AssetExecutionContext, settings: PasserelleSettings) -> dg.MaterializeResult:
+    """openEHR compositions of one landing batch (AQL result pages or a folder per EHR), mapped through
+    the OMOCL files to OMOP rows, ready to load. Unmappable compositions are kept in quarantine."""
+    from pipelines.sources.openehr import map_openehr
+    from pipelines.vocab import load_vocabulary
+
+    started = time.perf_counter()
+    sources = _sources(settings, context.partition_key, "openehr")
+    batch = map_openehr(sources, load_vocabulary(settings.vocab_folder)) if sources else MappedBatch()
+    write_batch(batch, settings.staged(context.partition_key, "openehr"))
+    return dg.MaterializeResult(metadata=batch_metadata(batch, time.perf_counter() - started))

@@ -1,0 +1,105 @@
+"""One run of the pipeline, step by step, each step a plain function of the room that owns it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from pipelines.errors import PasserelleError
+from pipelines.mapping.batch import MappedBatch
+
+
+@dataclass
+class RunOptions:
+    fhir: list[Path] = field(default_factory=list)
+    openehr: list[Path] = field(default_factory=list)
+    vocab: Path | None = None  # None: the starter vocabulary bundled in vocab/starter
+    warehouse: Path | None = None
+    parquet: Path | None = None
+    postgres: str | None = None
+    omocl: list[Path] = field(default_factory=list)  # extra OMOCL mapping folders
+    extraction_date: date | None = None
+    quality_out: Path | None = None  # write the DQ results here; None: skip the checks
+
+
+@dataclass
+class RunSummary:
+    inputs: dict[str, int] = field(default_factory=dict)
+    mapped: dict[str, int] = field(default_factory=dict)
+    filtered: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)  # by reason code
+    rows: dict[str, int] = field(default_factory=dict)  # rows written per OMOP table
+    derived: dict[str, int] = field(default_factory=dict)
+    coverage: float | None = None  # share of coded rows mapped to a standard concept
+    vocabulary_version: str = ""
+    quality: dict[str, int] = field(default_factory=dict)  # checks by status
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    outputs: dict[str, str] = field(default_factory=dict)  # what was written where
+
+
+Progress = Callable[[str], None]
+
+
+def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSummary:
+    """Run every step; raises PasserelleError on a problem the user can fix."""
+    if not options.fhir and not options.openehr:
+        raise PasserelleError("nothing to load: give --fhir PATH and/or --openehr PATH")
+    if options.warehouse is None and options.parquet is None and options.postgres is None:
+        raise PasserelleError("no target: give --warehouse PATH.duckdb, --parquet DIR or --postgres URL")
+    for path in [*options.fhir, *options.openehr, *options.omocl]:
+        if not path.exists():
+            raise PasserelleError(f"{path}: no such file or folder")
+    say = progress or (lambda _message: None)
+    summary = RunSummary()
+
+    @contextmanager
+    def step(name: str) -> Iterator[None]:
+        say(name)
+        started = time.perf_counter()
+        yield
+        summary.timings[name] = round(time.perf_counter() - started, 3)
+
+    from pipelines.vocab import load_vocabulary
+
+    with step("vocabulary"):
+        vocab = load_vocabulary(options.vocab)
+        summary.vocabulary_version = vocab.version
+
+    batch = MappedBatch()
+    if options.fhir:
+        from pipelines.sources.fhir import map_fhir
+
+        with step("FHIR"):
+            batch = batch.merge(map_fhir(options.fhir, vocab))
+    if options.openehr:
+        from pipelines.sources.openehr import map_openehr
+
+        with step("openEHR"):
+            batch = batch.merge(map_openehr(options.openehr, vocab, mapping_dirs=options.omocl or None))
+    summary.inputs, summary.mapped, summary.filtered = batch.inputs, batch.mapped, batch.filtered
+    summary.coverage = _coverage(batch)
+
+    from pipelines.warehouse import load_batch, open_targets
+
+    with step("load"):
+        targets = open_targets(options.warehouse, options.parquet, options.postgres)
+        report = load_batch(batch, targets, vocab=vocab)
+        summary.rows = dict(report.rows)
+        summary.quarantined = dict(report.quarantined)
+        summary.outputs.update(report.outputs)
+    return summary
+
+
+def _coverage(batch: MappedBatch) -> float | None:
+    """Share of coded OMOP rows whose main concept is a standard one (concept_id > 0)."""
+    mapped = total = 0
+    for table, frame in batch.tables.items():
+        column = f"{table.removesuffix('_occurrence').removesuffix('_exposure')}_concept_id"
+        if column in frame.columns:
+            total += frame.height
+            mapped += int((frame[column] > 0).sum())
+    return round(mapped / total, 4) if total else None
