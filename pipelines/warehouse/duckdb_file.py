@@ -78,3 +78,23 @@ def _explain(error: Exception) -> str:
     if "newer version of DuckDB" in message:
         return "written by a newer DuckDB than this Passerelle can read; upgrade Passerelle"
     return f"cannot open the warehouse ({message})"
+
+
+class DuckDbFile:
+    """The DuckDB file target: the system of record, holding the CDM and the side tables."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.description = f"DuckDB {self.path}"
+
+    def open(self) -> duckdb.DuckDBPyConnection:
+        """A writable connection to the warehouse, created and initialised if needed."""
+        initialize(self.path)
+        return connect(self.path)
+
+    def store(self, warehouse: duckdb.DuckDBPyConnection, manifest: object) -> dict[str, int]:
+        """Nothing to copy: the loader wrote here. Rows per CDM table, as the other targets report."""
+        return {
+            name: warehouse.execute(f"SELECT count(*) FROM {CDM_SCHEMA}.{name}").fetchall()[0][0]
+            for name in cdm_schema().table_names
+        }

@@ -1,0 +1,237 @@
+"""Load one MappedBatch into the warehouse: one transaction, incremental by source record.
+
+In that transaction: the rows of every record the batch brings (new versions) or deletes are removed,
+the batch rows get their ids from the id map, their references are resolved, the rows that cannot go
+in are quarantined with a reason, the rest are inserted with their lineage, and a run_log row records
+the counts. A crash or an error at any point leaves the warehouse as it was. Exports (Parquet,
+PostgreSQL) are refreshed from the committed warehouse afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import duckdb
+import polars as pl
+
+from pipelines.cdm.spec import Table, cdm_schema
+from pipelines.errors import WarehouseError
+from pipelines.mapping.batch import MappedBatch
+from pipelines.warehouse import staging
+from pipelines.warehouse.cdm_tables import load_order, quoted, row_hash_sql
+from pipelines.warehouse.duckdb_file import SIDE_SCHEMA
+from pipelines.warehouse.targets import Target, export_cdm, system_of_record, warehouse_vocabulary_version
+
+logger = logging.getLogger(__name__)
+
+_AFFECTED = "_passerelle_affected_records"
+_QUARANTINE = "_passerelle_mapper_quarantine"
+
+
+@dataclass
+class LoadReport:
+    """What one load changed; stored as JSON in run_log.summary."""
+
+    run_id: int
+    inserted: dict[str, int] = field(default_factory=dict)  # rows per CDM table
+    removed: dict[str, int] = field(default_factory=dict)  # previous rows of replaced/deleted records
+    new_ids: dict[str, int] = field(default_factory=dict)  # source keys seen for the first time
+    quarantined: dict[str, int] = field(default_factory=dict)  # by reason_code (mapper's and loader's)
+    nulled_references: dict[str, int] = field(default_factory=dict)  # "table.column": optional refs
+    truncated: dict[str, int] = field(default_factory=dict)  # "table.column": text cut to CDM length
+    records_loaded: int = 0  # source records with rows in this batch
+    records_deleted: int = 0  # deletions that removed rows
+    exported: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> rows per table
+
+    def summary(self) -> dict:
+        return asdict(self)
+
+
+def load_batch(
+    batch: MappedBatch,
+    targets: list[Target],
+    *,
+    run_id: int,
+    vocabulary_version: str | None = None,
+    export: bool = True,
+) -> LoadReport:
+    """Load ``batch`` into the DuckDB warehouse among ``targets``, then refresh the other targets.
+
+    ``export=False`` leaves Parquet/PostgreSQL for a later ``export_cdm`` (after the derived tables).
+    """
+    warehouse = system_of_record(targets)
+    schema = cdm_schema()
+    for name, frame in batch.tables.items():
+        if name not in schema.table_names:
+            raise WarehouseError(f"batch table {name!r} is not an OMOP CDM v5.4 table")
+        staging.check_frame(name, schema.table(name), frame)
+    report = LoadReport(run_id=run_id)
+    started = _utc_now()
+    con = warehouse.open()
+    try:
+        con.execute("BEGIN")
+        try:
+            _remove_records(con, batch, report)
+            for name in load_order():
+                if name in batch.tables:
+                    _load_table(con, schema.table(name), batch.tables[name], run_id, report)
+            _store_mapper_quarantine(con, batch.quarantine, run_id, report)
+            version = vocabulary_version or warehouse_vocabulary_version(con)
+            _write_run_log(con, report, started, version)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        logger.info("run %d committed to %s", run_id, warehouse.description)
+        if export:
+            exports = [t for t in targets if t is not warehouse]
+            try:
+                report.exported = export_cdm(con, exports, run_id=run_id, vocabulary_version=version)
+            except BaseException:
+                con.execute(
+                    f"UPDATE {SIDE_SCHEMA}.run_log SET status = 'export_failed' WHERE run_id = ?", [run_id]
+                )
+                raise
+            con.execute(
+                f"UPDATE {SIDE_SCHEMA}.run_log SET summary = ? WHERE run_id = ?",
+                [json.dumps(report.summary()), run_id],
+            )
+    finally:
+        con.close()
+    return report
+
+
+def _remove_records(con: duckdb.DuckDBPyConnection, batch: MappedBatch, report: LoadReport) -> None:
+    """Take out every row of the records this batch brings again or deletes, and their lineage."""
+    brought = [f.select(pl.col("_record_key").cast(pl.Utf8)) for f in batch.tables.values()]
+    deleted = batch.deletions.select(pl.col("_record_key").cast(pl.Utf8))
+    affected = pl.concat([*brought, deleted]).drop_nulls().unique()
+    report.records_loaded = pl.concat(brought).n_unique() if brought else 0
+    con.register("_affected_frame", affected)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_AFFECTED} AS SELECT _record_key FROM _affected_frame")
+    con.unregister("_affected_frame")
+    con.register("_deleted_frame", deleted.unique())
+    report.records_deleted = con.execute(
+        f"""SELECT count(DISTINCT d._record_key) FROM _deleted_frame d
+            JOIN {SIDE_SCHEMA}.lineage l ON l.record_key = d._record_key"""
+    ).fetchall()[0][0]
+    con.unregister("_deleted_frame")
+    ours = f"record_key IN (SELECT _record_key FROM {_AFFECTED})"
+    tables = [
+        r[0]
+        for r in con.execute(f"SELECT DISTINCT omop_table FROM {SIDE_SCHEMA}.lineage WHERE {ours}").fetchall()
+    ]
+    for name in tables:
+        ids = f"SELECT omop_id FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND {ours}"
+        _count(report.removed, name, _delete_rows(con, cdm_schema().table(name), ids, [name]))
+    con.execute(f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE {ours}")
+
+
+def _delete_rows(con: duckdb.DuckDBPyConnection, table: Table, ids_sql: str, params: list) -> int:
+    """Delete the rows of ``table`` whose lineage id is in ``ids_sql`` (primary key or row hash)."""
+    identity = quoted(table.primary_key[0]) if table.primary_key else row_hash_sql(table, "t")
+    deleted = con.execute(f"DELETE FROM main.{table.name} t WHERE {identity} IN ({ids_sql})", params)
+    return deleted.fetchall()[0][0]
+
+
+def _load_table(
+    con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame, run_id: int, report: LoadReport
+) -> None:
+    counts = staging.StageCounts()
+    staging.stage(con, table, frame)
+    if "_key" in frame.columns:
+        staging.drop_superseded(con)
+    if table.primary_key:
+        report.new_ids[table.name] = staging.allocate_ids(con, table, run_id, SIDE_SCHEMA)
+        # A source key that moved to another record still owns its id: its old row goes.
+        accepted_ids = f"SELECT _id FROM {staging.STAGE} WHERE _status IS NULL"
+        _count(report.removed, table.name, _delete_rows(con, table, accepted_ids, []))
+        con.execute(
+            f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND omop_id IN ({accepted_ids})",
+            [table.name],
+        )
+    staging.resolve_references(con, table, SIDE_SCHEMA, counts)
+    staging.check_required(con, table)
+    staging.truncate_text(con, table, counts)
+    report.nulled_references.update(counts.nulled_references)
+    report.truncated.update(counts.truncated)
+
+    columns = ", ".join(quoted(c) for c in table.column_names)
+    values = ", ".join("_id" if c in table.primary_key else quoted(c) for c in table.column_names)
+    inserted = con.execute(
+        f"INSERT INTO main.{table.name} ({columns}) "
+        f"SELECT {values} FROM {staging.STAGE} WHERE _status IS NULL"
+    ).fetchall()[0][0]
+    _count(report.inserted, table.name, inserted)
+    identity = "s._id" if table.primary_key else row_hash_sql(table, "s")
+    con.execute(
+        f"""INSERT INTO {SIDE_SCHEMA}.lineage
+              (record_key, omop_table, omop_id, source_format, source_file, position, record_type,
+               record_id, record_version, run_id)
+            SELECT _record_key, ?, {identity}, _source_format, _source_file, _position, _record_type,
+                   _record_id, _record_version, ?
+            FROM {staging.STAGE} s WHERE _status IS NULL""",
+        [table.name, run_id],
+    )
+    rejected = con.execute(
+        f"""SELECT _status, count(*) FROM {staging.STAGE} WHERE _status IS NOT NULL GROUP BY _status"""
+    ).fetchall()
+    con.execute(
+        f"""INSERT INTO {SIDE_SCHEMA}.quarantine
+              (run_id, source_format, source_file, position, record_type, record_id, reason_code, reason)
+            SELECT ?, coalesce(_source_format, 'unknown'), coalesce(_source_file, 'unknown'), _position,
+                   _record_type, _record_id, _status, ? || ': ' || _reason
+            FROM {staging.STAGE} WHERE _status IS NOT NULL""",
+        [run_id, table.name],
+    )
+    for code, n in rejected:
+        _count(report.quarantined, code, n)
+    logger.info("%s: %d rows inserted, %d quarantined", table.name, inserted, sum(n for _, n in rejected))
+
+
+def _store_mapper_quarantine(
+    con: duckdb.DuckDBPyConnection, quarantine: pl.DataFrame, run_id: int, report: LoadReport
+) -> None:
+    if quarantine.is_empty():
+        return
+    con.register(_QUARANTINE, quarantine)
+    con.execute(
+        f"""INSERT INTO {SIDE_SCHEMA}.quarantine
+              (run_id, source_format, source_file, position, record_type, record_id, reason_code, reason)
+            SELECT ?, coalesce(source_format, 'unknown'), coalesce(source_file, 'unknown'), position,
+                   record_type, record_id, coalesce(reason_code, 'unspecified'),
+                   coalesce(reason, 'no reason given by the mapper')
+            FROM {_QUARANTINE}""",
+        [run_id],
+    )
+    con.unregister(_QUARANTINE)
+    for code, n in quarantine.group_by("reason_code").len().iter_rows():
+        _count(report.quarantined, code or "unspecified", n)
+
+
+def _write_run_log(
+    con: duckdb.DuckDBPyConnection, report: LoadReport, started: datetime, version: str | None
+) -> None:
+    """One run_log row per run; a row the orchestrator opened for this run_id is completed."""
+    con.execute(
+        f"""INSERT INTO {SIDE_SCHEMA}.run_log
+              (run_id, command, started_at, finished_at, status, vocabulary_version, summary)
+            VALUES (?, 'load', ?, ?, 'succeeded', ?, ?)
+            ON CONFLICT (run_id) DO UPDATE SET
+              finished_at = excluded.finished_at, status = excluded.status,
+              vocabulary_version = coalesce(excluded.vocabulary_version, run_log.vocabulary_version),
+              summary = excluded.summary""",
+        [report.run_id, started, _utc_now(), version, json.dumps(report.summary())],
+    )
+
+
+def _count(counter: dict[str, int], key: str, n: int) -> None:
+    if n:
+        counter[key] = counter.get(key, 0) + n
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

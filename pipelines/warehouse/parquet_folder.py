@@ -1,0 +1,83 @@
+"""The Parquet folder target: one folder per CDM table, exactly its CDM columns and types.
+
+``<table>/part-0.parquet`` under the folder, plus ``manifest.json`` (CDM and vocabulary versions, run,
+row counts). DuckDB, Spark and R arrow read a table as ``read_parquet('DIR/person/*.parquet')`` /
+``spark.read.parquet('DIR/person')`` / ``arrow::open_dataset('DIR/person')``.
+
+The export is written into a fresh folder beside the target and swapped in by renames, so a reader
+(or a crash) never sees half an export. Between the two renames the old folder sits at
+``.<name>.old-<pid>``; the next export puts it back if a crash left it there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import duckdb
+
+from pipelines.cdm.spec import cdm_schema
+from pipelines.errors import WarehouseError
+from pipelines.warehouse.cdm_tables import duckdb_type, quoted
+from pipelines.warehouse.targets import ExportManifest
+
+MANIFEST = "manifest.json"
+PART = "part-0.parquet"
+
+
+class ParquetFolder:
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.description = f"Parquet {self.folder}"
+
+    def store(self, warehouse: duckdb.DuckDBPyConnection, manifest: ExportManifest) -> dict[str, int]:
+        self._recover()
+        if self.folder.exists() and not (self.folder / MANIFEST).exists() and any(self.folder.iterdir()):
+            raise WarehouseError(
+                f"{self.folder}: not a Passerelle Parquet export (no {MANIFEST}); "
+                "choose an empty or new folder, the export replaces the folder's content"
+            )
+        fresh = self.folder.with_name(f".{self.folder.name}.new-{os.getpid()}")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
+        try:
+            rows = {}
+            for table in cdm_schema().tables:
+                (fresh / table.name).mkdir()
+                columns = ", ".join(
+                    f"CAST({quoted(c.name)} AS {duckdb_type(c)}) AS {quoted(c.name)}" for c in table.columns
+                )
+                target = _sql_string(str(fresh / table.name / PART))
+                rows[table.name] = warehouse.execute(
+                    f"COPY (SELECT {columns} FROM main.{table.name}) TO {target} "
+                    "(FORMAT parquet, COMPRESSION zstd)"
+                ).fetchall()[0][0]
+            document = {**asdict(manifest), "format": "parquet", "tables": rows}
+            (fresh / MANIFEST).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            self._swap_in(fresh)
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        return rows
+
+    def _swap_in(self, fresh: Path) -> None:
+        old = self.folder.with_name(f".{self.folder.name}.old-{os.getpid()}")
+        if self.folder.exists():
+            self.folder.rename(old)
+        fresh.rename(self.folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _recover(self) -> None:
+        """A crash between the two renames of a previous export left the folder aside: put it back."""
+        if self.folder.exists():
+            return
+        for old in sorted(self.folder.parent.glob(f".{self.folder.name}.old-*")):
+            old.rename(self.folder)
+            return
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
