@@ -7,7 +7,7 @@ CDM tables. The order matters: death is deduplicated first because observation p
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import duckdb
@@ -52,32 +52,50 @@ def derive_all(
         )
     with _transaction(con):
         scope = Scope.create(con, person_ids)
-        counts = {
-            "death": rebuild_death(con, scope),
-            "observation_period": rebuild_observation_period(
+        steps = {
+            "death": lambda: rebuild_death(con, scope),
+            "observation_period": lambda: rebuild_observation_period(
                 con, scope, rules.observation_period, extraction, tables
             ),
-            "condition_era": rebuild_condition_era(con, scope, rules.condition_era),
-            "drug_era": rebuild_drug_era(con, scope, rules.drug_era),
-            "cdm_source": rebuild_cdm_source(
+            "condition_era": lambda: rebuild_condition_era(con, scope, rules.condition_era),
+            "drug_era": lambda: rebuild_drug_era(con, scope, rules.drug_era),
+            "cdm_source": lambda: rebuild_cdm_source(
                 con, rules.cdm_source, extraction_date=extraction, release_date=today, tables=tables
             ),
         }
+        counts = {table: _run_step(table, step) for table, step in steps.items()}
         scope.drop(con)
     return counts
+
+
+def _run_step(table: str, step: Callable[[], int]) -> int:
+    try:
+        return step()
+    except (duckdb.BinderException, duckdb.CatalogException) as error:
+        # a column or table the rule reads is not there: the database is not quite CDM v5.4
+        detail = str(error).strip().splitlines()[0]
+        raise SchemaError(
+            f"cannot rebuild {table}: the CDM does not match OMOP CDM v5.4 ({detail})"
+        ) from error
 
 
 @contextmanager
 def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Own a transaction, or join the caller's when one is open (the loader's run, say)."""
-    try:
-        con.execute("BEGIN TRANSACTION")
-    except duckdb.TransactionException:
+    if _in_transaction(con):
         yield  # the caller commits or rolls back everything together
         return
+    con.execute("BEGIN TRANSACTION")
     try:
         yield
     except BaseException:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+def _in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
+    # DuckDB's Python API does not say; in auto-commit mode every statement gets a new transaction
+    # id, inside an explicit transaction they share one. (Trying BEGIN would abort the caller's.)
+    first = con.execute("SELECT txid_current()").fetchone()[0]
+    return con.execute("SELECT txid_current()").fetchone()[0] == first
