@@ -68,6 +68,7 @@ class Catalogue:
     checkup_labs_from_age: float
     medications: dict[str, tuple[str, int]]
     procedures: dict[str, tuple[str, str]]
+    checkup_procedures: dict[str, str]
     screening: tuple[tuple[str, str, float, float], ...]
     chronic: tuple[Condition, ...]
     acute: tuple[Condition, ...]
@@ -112,6 +113,7 @@ def load_catalogue(path: Path = CATALOGUE_FILE) -> Catalogue:
             checkup_labs_from_age=float(raw["checkup_labs_from_age"]),
             medications={str(k): (v[0], int(v[1])) for k, v in raw["medications"].items()},
             procedures={k: (str(v[0]), v[1]) for k, v in raw["procedures"].items()},
+            checkup_procedures=raw["checkup_procedures"],
             screening=tuple(tuple(row) for row in raw["screening"]),
             chronic=tuple(_condition(n, s) for n, s in raw["chronic_conditions"].items()),
             acute=tuple(_condition(n, s) for n, s in raw["acute_conditions"].items()),
@@ -182,6 +184,7 @@ def _check_references(catalogue: Catalogue, path: Path) -> None:
     for lab in catalogue.checkup_labs:
         if lab not in catalogue.labs:
             raise PasserelleError(f"{path}: checkup_labs names unknown lab {lab!r}")
-    for procedure, *_ in catalogue.screening:
+    named = [row[0] for row in catalogue.screening] + list(catalogue.checkup_procedures.values())
+    for procedure in named:
         if procedure not in catalogue.procedures:
-            raise PasserelleError(f"{path}: screening names unknown procedure {procedure!r}")
+            raise PasserelleError(f"{path}: unknown procedure {procedure!r} in screening/checkup_procedures")

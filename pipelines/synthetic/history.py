@@ -191,6 +191,10 @@ class _Simulation:
             for condition, _, _ in active:
                 labs.update(condition.monitor)
             self._draw_labs(visit, sorted(labs), active, {})
+            routine = cat.checkup_procedures
+            self._procedure(visit, routine["adult"] if self.age_at(day) >= 18 else routine["child"])
+            if any(drug for _, _, drug in active):
+                self._procedure(visit, routine["on_treatment"])
             self._screening(visit, day)
             self._vaccinate(visit, day)
             visits.append(visit)
@@ -262,7 +266,6 @@ class _Simulation:
             quantity = self.cat.labs[name]
             value = self._value(quantity, self.level[name], active, acute_shifts, visit.start.date())
             visit.labs.append(Measurement(self.new_id(), quantity, value))
-        self._procedure(visit, "blood_draw")
 
     def _value(self, quantity: Quantity, level: float, active, acute_shifts, day: dt.date) -> float:
         """Own level + condition shifts (halved once treated) + visit-to-visit noise, within bounds."""
