@@ -91,6 +91,21 @@ def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSu
         summary.rows = dict(report.rows)
         summary.quarantined = dict(report.quarantined)
         summary.outputs.update(report.outputs)
+
+    if options.warehouse is not None:
+        from pipelines.derive import derive_all
+        from pipelines.warehouse.duckdb_file import connect
+
+        with step("derived tables"), connect(options.warehouse) as con:
+            summary.derived = derive_all(con, extraction_date=options.extraction_date)
+
+        if options.quality_out is not None:
+            from pipelines.quality import run_dqd
+
+            with step("quality checks"), connect(options.warehouse, read_only=True) as con:
+                results = run_dqd(con, out_dir=options.quality_out)
+                summary.quality = results.status_counts()
+                summary.outputs["quality report"] = str(options.quality_out / "report.html")
     return summary
 
 
