@@ -62,6 +62,7 @@ class Catalogue:
     visits_per_year: tuple[float, float]
     vitals: dict[str, Quantity]
     blood_pressure_panel: tuple[str, str]
+    min_pulse_pressure: float
     child_vitals: dict[str, Any]
     labs: dict[str, Quantity]
     checkup_labs: tuple[str, ...]
@@ -107,6 +108,7 @@ def load_catalogue(path: Path = CATALOGUE_FILE) -> Catalogue:
             visits_per_year=tuple(raw["visits_per_year"]),
             vitals={name: _quantity(name, spec) for name, spec in raw["vitals"].items()},
             blood_pressure_panel=tuple(raw["blood_pressure_panel"].values()),
+            min_pulse_pressure=float(raw["min_pulse_pressure"]),
             child_vitals=raw["child_vitals"],
             labs={name: _quantity(name, spec) for name, spec in raw["labs"].items()},
             checkup_labs=tuple(raw["checkup_labs"]),

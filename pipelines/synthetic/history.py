@@ -250,6 +250,7 @@ class _Simulation:
             if age < child["below_age"]:
                 level *= child["factors"].get(name, 1.0)
             values[name] = self._value(quantity, level, active, acute_shifts, day)
+        values["diastolic"] = min(values["diastolic"], values["systolic"] - cat.min_pulse_pressure)
         height = self.adult_height * _growth(cat.population["growth_fraction"], age)
         bmi = self.child_bmi + (self.adult_bmi - self.child_bmi) * _clip((age - 10) / 10, 0.0, 1.0)
         weight = bmi * (height / 100) ** 2 * rng.gauss(1.0, 0.015)
