@@ -1,0 +1,5 @@
+"""The OHDSI vocabularies: loading (Athena or CDM export), the Parquet cache, aliases, the warehouse load."""
+
+from pipelines.vocab.vocabulary import Vocabulary, load_vocabulary
+
+__all__ = ["Vocabulary", "load_vocabulary"]

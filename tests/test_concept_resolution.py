@@ -1,0 +1,215 @@
+"""Concept resolution on the starter vocabulary and the Synthea27Nj shard: real ids, no dropped rows."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from pipelines.mapping.concepts import (
+    coverage,
+    coverage_summary,
+    resolve_concepts,
+    resolve_units,
+    write_coverage_report,
+)
+from pipelines.vocab import Vocabulary, load_vocabulary
+
+
+@pytest.fixture(scope="module")
+def starter(tmp_path_factory) -> Vocabulary:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PASSERELLE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        return load_vocabulary(local_maps=tmp_path_factory.mktemp("no_local_maps"))
+
+
+@pytest.fixture(scope="module")
+def shard_vocab(shared, tmp_path_factory) -> Vocabulary:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PASSERELLE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        return load_vocabulary(
+            shared / "reference/vocab/synthea27nj_shard", local_maps=tmp_path_factory.mktemp("none")
+        )
+
+
+def _one(system: str, code: str) -> pl.DataFrame:
+    return pl.DataFrame({"system": [system], "code": [code]})
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "source_concept_id", "concept_id", "domain_id"),
+    [
+        ("http://hl7.org/fhir/sid/icd-10-cm", "I10", 35207668, 320128, "Condition"),
+        ("urn:oid:2.16.840.1.113883.6.90", "E11", 1567956, 201826, "Condition"),
+        ("http://snomed.info/sct", "44054006", 201826, 201826, "Condition"),
+        ("http://snomed.info/sct (20230731)", "840539006", 37311061, 37311061, "Condition"),
+        ("SNOMED-CT", "59621000", 320128, 320128, "Condition"),
+        ("http://loinc.org", "8867-4", 3027018, 3027018, "Measurement"),
+        ("LOINC", "8480-6", 3004249, 3004249, "Measurement"),
+        ("http://hl7.org/fhir/sid/cvx", "140", 40213154, 40213154, "Drug"),
+        ("RxNorm", "29046", 1308216, 1308216, "Drug"),
+        ("Gender", "F", 8532, 8532, "Gender"),
+        ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "EMER", 0, 9203, "Visit"),
+    ],
+)
+def test_codes_of_any_system_resolve_to_their_standard_concept(
+    starter, system, code, source_concept_id, concept_id, domain_id
+):
+    row = resolve_concepts(_one(system, code), starter).row(0, named=True)
+    assert (row["source_concept_id"], row["concept_id"], row["domain_id"]) == (
+        source_concept_id,
+        concept_id,
+        domain_id,
+    )
+    assert row["source_value"] == code
+
+
+def test_icd10cm_code_lands_in_condition_domain_through_maps_to(starter):
+    out = resolve_concepts(_one("ICD10CM", "I50"), starter, prefix="condition_")
+    assert out.select("condition_source_concept_id", "condition_concept_id", "condition_domain_id").row(
+        0
+    ) == (
+        1569178,
+        316139,
+        "Condition",
+    )
+
+
+def test_one_to_many_maps_to_fans_out_all_targets(starter):
+    frame = pl.DataFrame(
+        {"system": ["http://hl7.org/fhir/sid/icd-10-cm", "LOINC"], "code": ["I48", "8867-4"]}
+    )
+    out = resolve_concepts(frame, starter)
+    assert out.height == 3
+    assert sorted(out.filter(pl.col("code") == "I48")["concept_id"].to_list()) == [313217, 314665]
+
+
+def test_upgraded_concept_follows_its_replacement(starter):
+    out = resolve_concepts(_one("UCUM", "[degC]"), starter)
+    assert out.select("source_concept_id", "concept_id").row(0) == (8653, 586323)
+
+
+def test_unknown_system_and_unmapped_code_give_zero_and_keep_every_row(starter):
+    frame = pl.DataFrame(
+        {
+            "system": ["urn:oid:1.2.36.1.2001.1005.17", "http://snomed.info/sct", None, "http://loinc.org"],
+            "code": ["GNFLU", "999999999", "x", None],
+            "position": [0, 1, 2, 3],
+        }
+    )
+    out = resolve_concepts(frame, starter)
+    assert out["position"].to_list() == [0, 1, 2, 3]
+    assert out["concept_id"].to_list() == [0, 0, 0, 0]
+    assert out["source_concept_id"].to_list() == [0, 0, 0, 0]
+    assert out["domain_id"].null_count() == 4
+    assert out["source_value"].to_list() == ["GNFLU", "999999999", "x", None]
+
+
+def test_row_order_is_kept(starter):
+    codes = ["8867-4", "8480-6", "8462-4", "8867-4", "zzz", "8310-5"]
+    out = resolve_concepts(pl.DataFrame({"system": ["http://loinc.org"] * 6, "code": codes}), starter)
+    assert out["concept_id"].to_list() == [3027018, 3004249, 3012888, 3027018, 0, 3020891]
+
+
+def test_existing_output_column_is_refused(starter):
+    with pytest.raises(ValueError, match="prefix"):
+        resolve_concepts(pl.DataFrame({"system": ["LOINC"], "code": ["1"], "concept_id": [1]}), starter)
+
+
+def test_units_resolve_with_synonyms_and_unknown_units_give_zero(starter):
+    frame = pl.DataFrame(
+        {"unit": ["mmHg", "mm[Hg]", "U/L", "/min", "Cel", "kg/m2", "[lb_av]", "furlong", None]}
+    )
+    out = resolve_units(frame, starter)
+    assert out["unit_concept_id"].to_list() == [8876, 8876, 8645, 8541, 586323, 9531, 8739, 0, 0]
+    assert out["unit_source_value"].to_list() == frame["unit"].to_list()
+
+
+def test_local_source_to_concept_map_takes_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASSERELLE_CACHE_DIR", str(tmp_path / "cache"))
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "site.csv").write_text(
+        "source_code,source_concept_id,source_vocabulary_id,source_code_description,target_concept_id,"
+        "target_vocabulary_id,valid_start_date,valid_end_date,invalid_reason\n"
+        "GLU-S,0,MyHospitalLab,Glucose serum,3004501,LOINC,1970-01-01,2099-12-31,\n"
+        "I10,0,ICD10CM,override,201826,SNOMED,1970-01-01,2099-12-31,\n"
+        "OLD,0,MyHospitalLab,retired,3000963,LOINC,1970-01-01,2000-12-31,D\n"
+    )
+    (local / "MyHospitalLab.usagi.csv").write_text(
+        "sourceCode,sourceName,sourceFrequency,matchScore,mappingStatus,conceptId,conceptName\n"
+        "HB,Haemoglobin,10,1.0,APPROVED,3000963,Hemoglobin\n"
+        "PLT,Platelets,5,0.5,UNCHECKED,3024929,Platelets\n"
+    )
+    vocab = load_vocabulary(local_maps=local)
+    frame = pl.DataFrame(
+        {
+            "system": ["MyHospitalLab", "ICD10CM", "MyHospitalLab", "MyHospitalLab", "MyHospitalLab"],
+            "code": ["GLU-S", "I10", "OLD", "HB", "PLT"],
+        }
+    )
+    out = resolve_concepts(frame, vocab)
+    assert out["concept_id"].to_list() == [3004501, 201826, 0, 3000963, 0]
+    assert out["domain_id"].to_list()[:2] == ["Measurement", "Condition"]
+
+
+def test_shard_resolves_snomed_loinc_rxnorm_and_ucum(shard_vocab):
+    frame = pl.DataFrame(
+        {
+            "system": [
+                "http://snomed.info/sct",
+                "http://loinc.org",
+                "RxNorm",
+                "http://snomed.info/sct",
+                "UCUM",
+            ],
+            "code": ["195967001", "29463-7", "29046", "275272006", "K/uL"],
+        }
+    )
+    out = resolve_concepts(frame, shard_vocab)
+    assert out.select("code", "source_concept_id", "concept_id", "domain_id").rows() == [
+        ("195967001", 317009, 317009, "Condition"),
+        ("29463-7", 3025315, 3025315, "Measurement"),
+        ("29046", 1308216, 1308216, "Drug"),
+        ("275272006", 4166590, 4132546, "Condition"),  # non-standard SNOMED -> Maps to
+        ("K/uL", 8792, 8848, "Unit"),  # non-standard UCUM -> 10*3/uL
+    ]
+
+
+def test_shard_maps_to_target_missing_from_concept_gives_zero_not_a_dangling_id(shard_vocab):
+    # 15777000 Prediabetes (40316773) Maps to 4311629, a concept the shard does not carry
+    row = resolve_concepts(_one("http://snomed.info/sct", "15777000"), shard_vocab).row(0, named=True)
+    assert (row["source_concept_id"], row["concept_id"], row["domain_id"]) == (40316773, 0, None)
+
+
+def test_coverage_report_lists_unmapped_codes_most_frequent_first(starter, tmp_path):
+    frame = pl.DataFrame(
+        {
+            "system": ["http://loinc.org"] * 3 + ["http://acme.org/lab/codes/tests"] * 4 + ["LOINC"],
+            "code": ["8867-4", "LOCAL-1", "LOCAL-1", "A", "A", "A", "B", "8480-6"],
+            "display": [None, "Local one", None, "Acme A", None, None, "Acme B", None],
+        }
+    )
+    resolved = resolve_concepts(frame, starter)
+    counts = coverage(resolved, starter, table="measurement", name="display")
+    path = tmp_path / "coverage_unmapped.csv"
+    assert write_coverage_report(counts, path) == 3
+    report = pl.read_csv(path)
+    assert report.rows() == [
+        ("A", "Acme A", 3, "http://acme.org/lab/codes/tests", "measurement"),
+        ("LOCAL-1", "Local one", 2, "LOINC", "measurement"),
+        ("B", "Acme B", 1, "http://acme.org/lab/codes/tests", "measurement"),
+    ]
+    summary = coverage_summary(counts).filter(pl.col("source_vocabulary_id") == "LOINC").row(0, named=True)
+    assert (summary["rows"], summary["mapped_rows"], summary["unmapped_codes"]) == (4, 2, 1)
+
+
+def test_local_map_file_in_an_unknown_format_is_named_in_the_error(tmp_path, monkeypatch, starter):
+    monkeypatch.setenv("PASSERELLE_CACHE_DIR", str(tmp_path / "cache"))
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "notes.csv").write_text("a,b\n1,2\n")
+    vocab = load_vocabulary(local_maps=local)
+    from pipelines.errors import PasserelleError
+
+    with pytest.raises(PasserelleError, match=r"notes\.csv"):
+        resolve_concepts(_one("LOINC", "8867-4"), vocab)
