@@ -1,0 +1,384 @@
+"""Apply OMOCL files to flattened compositions: one candidate OMOP row per matched node.
+
+The engine only finds things: which node gives each field of each row. Concept resolution, units,
+domain routing and CDM columns come after, for all compositions at once (pipelines/sources/openehr/
+mapper.py), so a code from openEHR goes through exactly the path a FHIR code takes.
+
+How a row is found, for each entry whose archetype has a file (and each node an ``Include`` or a
+``base_path`` hands on):
+
+1. The *driver* is ``value``, else ``concept_id``: its first alternative that matches gives the
+   rows, one per matched node. Every event of an observation therefore gives its own row (the other
+   engine keeps the first event only; docs/openehr.md).
+2. Every other field takes its first alternative that resolves, choosing, among the nodes a path
+   matches, the one nearest the driver's node (longest common path), so the date of a value is
+   the time of its own event.
+3. A row needs its required fields and at least one element of the composition behind it; a row
+   whose driver matched but a required field did not is reported as incomplete, never dropped
+   silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+
+import polars as pl
+import yaml
+
+from pipelines.mapping.omocl.grammar import CUSTOM, INCLUDE, ROW_TABLES, Alternative, OmoclFile, RowMapping
+from pipelines.project_files import data_dir
+from pipelines.sources.openehr.flatten import ENTRY_TYPES
+
+_SEGMENT = re.compile(r"/([^/\[#]+)(?:\[([^\]]*)\])?(?:#(\d+))?")
+_PATTERN = re.compile(r"^([A-Za-z_]+)(?:\[([^\]]*)\])?$")
+_DRIVERS = ("value", "concept_id")
+_MAX_INCLUDE_DEPTH = 8
+_SECONDS_PER_YEAR = 365.25 * 86400
+_CONCEPT_OUTPUTS = ("concept", "qualifier", "route", "status", "site", "gender", "ethnicity")
+
+CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
+    "composition_uid": pl.Utf8,
+    "ehr_id": pl.Utf8,
+    "omocl_file": pl.Utf8,
+    "omocl_type": pl.Utf8,
+    "mapping_index": pl.Int64,
+    "archetype": pl.Utf8,
+    "focus_path": pl.Utf8,
+    **{
+        f"{o}_{part}": t
+        for o in _CONCEPT_OUTPUTS
+        for part, t in (("const", pl.Int64), ("code", pl.Utf8), ("system", pl.Utf8), ("text", pl.Utf8))
+    },
+    "value_const": pl.Int64,
+    "value_number": pl.Float64,
+    "value_code": pl.Utf8,
+    "value_system": pl.Utf8,
+    "value_text": pl.Utf8,
+    "value_boolean": pl.Boolean,
+    "value_type": pl.Utf8,
+    "unit": pl.Utf8,
+    "unit_const": pl.Int64,
+    "operator_const": pl.Int64,
+    "range_low": pl.Float64,
+    "range_high": pl.Float64,
+    "operator": pl.Utf8,
+    "quantity": pl.Float64,
+    "start": pl.Datetime("us"),
+    "end": pl.Datetime("us"),
+    "birth": pl.Datetime("us"),
+    "birth_year": pl.Int64,
+    "unique_device_id": pl.Utf8,
+    "production_id": pl.Utf8,
+    "specimen_source_id": pl.Utf8,
+}
+INCOMPLETE_SCHEMA = {
+    "composition_uid": pl.Utf8,
+    "omocl_file": pl.Utf8,
+    "focus_path": pl.Utf8,
+    "missing_field": pl.Utf8,
+}
+
+
+@dataclass
+class EngineResult:
+    candidates: pl.DataFrame  # CANDIDATE_SCHEMA
+    incomplete: pl.DataFrame  # INCOMPLETE_SCHEMA: rows whose driver matched but a required field did not
+    custom_skipped: dict[str, int] = field(default_factory=dict)  # CustomMapping name -> times met
+
+
+@cache
+def field_roles() -> dict[str, dict[str, str]]:
+    """OMOCL field name -> {role, output} (mappings/openehr/_engine/fields.yaml)."""
+    return yaml.safe_load((data_dir("mappings") / "openehr" / "_engine" / "fields.yaml").read_text("utf-8"))
+
+
+def apply_catalogue(elements: pl.DataFrame, catalogue: dict[str, tuple[OmoclFile, ...]]) -> EngineResult:
+    """Candidate rows of every composition in ``elements`` (the reader's long frame)."""
+    candidates: list[dict] = []
+    incomplete: list[dict] = []
+    custom: dict[str, int] = {}
+    if elements.height:
+        for rows in elements.partition_by("composition_uid", maintain_order=True):
+            tree = _Tree(rows.to_dicts())
+            for anchor in tree.entries():
+                for file in catalogue.get(anchor["node_id"], ()):
+                    _apply_file(tree, file, anchor, catalogue, candidates, incomplete, custom, 0)
+    return EngineResult(
+        candidates=pl.DataFrame(candidates, schema=CANDIDATE_SCHEMA, strict=False),
+        incomplete=pl.DataFrame(incomplete, schema=INCOMPLETE_SCHEMA, strict=False),
+        custom_skipped=custom,
+    )
+
+
+class _Tree:
+    """The rows of one composition, indexed for OMOCL path look-ups."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+        self.by_depth: dict[int, list[dict]] = {}
+        self.by_path: dict[str, dict] = {}
+        for row in rows:
+            row["_segments"] = tuple(_SEGMENT.findall(row["node_path"]))
+            self.by_depth.setdefault(len(row["_segments"]), []).append(row)
+            self.by_path[row["node_path"]] = row
+
+    def entries(self) -> list[dict]:
+        return [r for r in self.rows if not r["is_element"] and r["rm_type"] in ENTRY_TYPES]
+
+    def context(self) -> dict | None:
+        return self.by_path.get("/context")
+
+    def resolve(self, anchor: dict, path: str) -> list[dict]:
+        """Nodes an OMOCL path reaches from ``anchor`` (``..`` climbs; ``context`` is the composition's)."""
+        parts = [p for p in path.strip().split("/") if p and p != "."]
+        segments = anchor["_segments"]
+        climbs = 0
+        while parts and parts[0] == "..":
+            climbs += 1
+            parts.pop(0)
+        prefix = segments[: max(len(segments) - climbs, 0)]
+        if parts and parts[0] == "context":
+            prefix, parts = (), parts[1:]
+            if not parts:
+                return [self.context()] if self.context() else []
+        if not parts:
+            if not prefix:
+                return [self.context()] if self.context() else []
+            node = self.by_path.get("".join(_render(s) for s in prefix))
+            return [node] if node else []
+        pattern = []
+        for part in parts:
+            match = _PATTERN.match(part)
+            if not match:
+                return []
+            predicate = match.group(2).split(",")[0].strip() if match.group(2) else None
+            pattern.append((match.group(1), predicate))
+        depth = len(prefix) + len(pattern)
+        found = []
+        for row in self.by_depth.get(depth, ()):
+            tail = row["_segments"][len(prefix) :]
+            if row["_segments"][: len(prefix)] == prefix and all(
+                seg[0] == attr and (pred is None or seg[1] == pred)
+                for seg, (attr, pred) in zip(tail, pattern, strict=False)
+            ):
+                found.append(row)
+        return found
+
+
+def _render(segment: tuple[str, str, str]) -> str:
+    attr, node_id, index = segment
+    return f"/{attr}" + (f"[{node_id}]" if node_id else "") + (f"#{index}" if index else "")
+
+
+def _nearest(nodes: list[dict], focus: dict) -> list[dict]:
+    """``nodes`` ordered by closeness to ``focus`` (longest common path first, then document order)."""
+    target = focus["_segments"]
+
+    def shared(node: dict) -> int:
+        count = 0
+        for a, b in zip(node["_segments"], target, strict=False):
+            if a != b:
+                break
+            count += 1
+        return count
+
+    return sorted(nodes, key=lambda n: -shared(n))
+
+
+def _apply_file(tree, file, anchor, catalogue, candidates, incomplete, custom, depth) -> None:
+    for index, mapping in enumerate(file.mappings):
+        if mapping.type == CUSTOM:
+            custom[mapping.custom or ""] = custom.get(mapping.custom or "", 0) + 1
+            continue
+        anchors = tree.resolve(anchor, mapping.base_path) if mapping.base_path else [anchor]
+        if mapping.type == INCLUDE:
+            if depth < _MAX_INCLUDE_DEPTH:
+                for node in anchors:
+                    for included in catalogue.get(mapping.include or "", ()):
+                        _apply_file(
+                            tree, included, node, catalogue, candidates, incomplete, custom, depth + 1
+                        )
+            continue
+        for node in anchors:
+            _apply_row(tree, file, index, mapping, node, candidates, incomplete)
+
+
+def _apply_row(
+    tree: _Tree, file: OmoclFile, index: int, mapping: RowMapping, anchor: dict, candidates, incomplete
+) -> None:
+    roles = field_roles()
+    focuses, driver = _driver(tree, mapping, anchor)
+    for focus in focuses:
+        row: dict = {}
+        evidence = False
+        missing = None
+        for spec in mapping.fields:
+            role = roles.get(spec.name)
+            if role is None:
+                continue
+            resolved, from_element = _resolve_field(tree, spec.alternatives, role, anchor, focus)
+            if resolved is None:
+                if not spec.optional:
+                    missing = missing or spec.name
+                continue
+            row.update(resolved)
+            evidence = evidence or from_element
+        if missing:
+            if driver is not None:
+                incomplete.append(
+                    {
+                        "composition_uid": anchor["composition_uid"],
+                        "omocl_file": file.name,
+                        "focus_path": focus["node_path"],
+                        "missing_field": missing,
+                    }
+                )
+            continue
+        if not evidence and mapping.type not in ("Person", "Visit"):
+            continue
+        row.update(
+            composition_uid=anchor["composition_uid"],
+            ehr_id=anchor["ehr_id"],
+            omocl_file=file.name,
+            omocl_type=mapping.type,
+            mapping_index=index,
+            archetype=file.archetype,
+            focus_path=focus["node_path"],
+        )
+        candidates.append(row)
+
+
+def _driver(tree: _Tree, mapping: RowMapping, anchor: dict) -> tuple[list[dict], str | None]:
+    """The nodes that each give one row, and the field that chose them (None: one row at the anchor)."""
+    for name in _DRIVERS:
+        spec = mapping.field(name)
+        if spec is None:
+            continue
+        for alternative in spec.alternatives:
+            if alternative.kind == "code":
+                break
+            path = alternative.path if alternative.kind in ("path", "conceptMap") else None
+            nodes = [n for n in tree.resolve(anchor, path) if n["is_element"]] if path else []
+            if nodes:
+                return nodes, name
+    return [anchor], None
+
+
+def _resolve_field(
+    tree, alternatives: tuple[Alternative, ...], role: dict, anchor, focus
+) -> tuple[dict | None, bool]:
+    """The first alternative that resolves: ({output column: value}, whether an element gave it)."""
+    for alternative in alternatives:
+        if alternative.kind == "code":
+            if role["role"] == "concept":
+                return {f"{role['output']}_const": alternative.code}, False
+            if role["role"] == "value" and role["output"] in ("value", "unit", "operator"):
+                return {f"{role['output']}_const": alternative.code}, False
+            continue
+        if alternative.kind == "multiplication":
+            product = 1.0
+            for factor in alternative.factors:
+                numbers = [
+                    n["value_number"]
+                    for n in _nearest(tree.resolve(anchor, factor.path), focus)
+                    if n["is_element"] and n["value_number"] is not None
+                ]
+                if not numbers:
+                    break
+                product *= numbers[0]
+            else:
+                return {role["output"]: product}, True
+            continue
+        for node in _nearest(tree.resolve(anchor, alternative.path), focus):
+            resolved = _read(node, role, alternative)
+            if resolved is not None:
+                return resolved, node["is_element"]
+    return None, False
+
+
+def _read(node: dict, role: dict, alternative: Alternative) -> dict | None:
+    """What one node gives for a field of this role; None when it gives nothing usable."""
+    kind, out = role["role"], role["output"]
+    if kind == "time":
+        value = _node_time(node)
+        return {out: value} if value is not None else None
+    if not node["is_element"]:
+        return None
+    if alternative.kind == "conceptMap":
+        mapped = dict(alternative.concept_map).get(node["value_code"] or "")
+        if mapped is None:
+            return None
+        return {"value_const": mapped} if out == "value" else {f"{out}_const": mapped}
+    if kind == "concept":
+        if node["value_code"] is None and node["value_text"] is None:
+            return None
+        return {
+            f"{out}_code": node["value_code"],
+            f"{out}_system": node["value_terminology"],
+            f"{out}_text": node["value_text"],
+        }
+    if kind == "value":
+        return _read_value(node, out)
+    if kind == "number":
+        return {out: node["value_number"]} if node["value_number"] is not None else None
+    if kind == "text":
+        return {out: node["value_text"]} if node["value_text"] is not None else None
+    if kind == "year":
+        return _birth_year(node)
+    return None
+
+
+def _read_value(node: dict, out: str) -> dict | None:
+    if out == "value":
+        if node["rm_type"] is None:  # an ELEMENT with only a null_flavour
+            return None
+        return {
+            "value_number": node["value_number"],
+            "value_code": node["value_code"],
+            "value_system": node["value_terminology"],
+            "value_text": node["value_text"],
+            "value_boolean": node["value_boolean"],
+            "value_type": node["rm_type"],
+        }
+    column = {
+        "unit": "value_units",
+        "range_low": "normal_low",
+        "range_high": "normal_high",
+        "operator": "magnitude_status",
+    }[out]
+    return {out: node[column]} if node[column] is not None else None
+
+
+def _node_time(node: dict) -> datetime | None:
+    """A date field's value: an element's own date, else the time of the node (event, entry, context)."""
+    if node["is_element"]:
+        return node["value_datetime"]
+    for column in ("node_time", "event_time", "entry_time", "context_start"):
+        if node.get(column) is not None:
+            return node[column]
+    return None
+
+
+def _birth_year(node: dict) -> dict | None:
+    if node["value_datetime"] is not None:
+        return {"birth_year": node["value_datetime"].year}
+    number = node["value_number"]
+    if number is None:
+        return None
+    if node["rm_type"] == "DV_DURATION":
+        years = number / _SECONDS_PER_YEAR
+    elif number >= 1800:  # a year written as a number
+        return {"birth_year": int(number)}
+    else:
+        years = number
+    recorded = node["event_time"] or node["entry_time"] or node["context_start"]
+    if recorded is None:
+        return None
+    return {"birth_year": int((recorded.year + recorded.timetuple().tm_yday / 366) - years)}
+
+
+def row_table(omocl_type: str) -> str:
+    return ROW_TABLES[omocl_type]

@@ -1,0 +1,449 @@
+"""A canonical-JSON COMPOSITION flattened into rows: one per ELEMENT, plus one per structural node.
+
+Structural nodes (entries, events, clusters, item trees, the context) get a row too, carrying their
+own time, so an OMOCL path may point at an event (``/data[at0001]/events[at0002]``: its time) or at
+the context (``../context``: the composition start time) exactly as it points at an element.
+
+Every row carries its archetype path twice: ``path`` (generic, ``items[at0004]``) for matching
+mapping files, and ``node_path`` with sibling indexes (``items[at0004]#1``) for keys and scoping.
+A composition the reader cannot trust (unknown RM type, missing time) raises ``CompositionError``
+with the path of the offending node: the caller quarantines the whole composition.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from pipelines.sources.openehr.times import parse_clock, parse_time
+
+ELEMENT_SCHEMA = {
+    "composition_uid": pl.Utf8,
+    "composition_version": pl.Utf8,
+    "ehr_id": pl.Utf8,
+    "template_id": pl.Utf8,
+    "composition_archetype": pl.Utf8,
+    "setting_code": pl.Utf8,
+    "context_start": pl.Datetime("us"),
+    "context_end": pl.Datetime("us"),
+    "entry_type": pl.Utf8,
+    "entry_archetype": pl.Utf8,
+    "entry_path": pl.Utf8,
+    "entry_time": pl.Datetime("us"),
+    "archetype": pl.Utf8,  # nearest enclosing archetype root (entry or archetyped cluster)
+    "path": pl.Utf8,
+    "node_path": pl.Utf8,
+    "node_id": pl.Utf8,
+    "is_element": pl.Boolean,
+    "rm_type": pl.Utf8,  # the value's type for an ELEMENT, the node's type otherwise
+    "name": pl.Utf8,
+    "event_type": pl.Utf8,
+    "event_path": pl.Utf8,
+    "event_time": pl.Datetime("us"),
+    "event_width": pl.Utf8,
+    "node_time": pl.Datetime("us"),
+    "value_text": pl.Utf8,
+    "value_code": pl.Utf8,
+    "value_terminology": pl.Utf8,
+    "value_number": pl.Float64,
+    "value_units": pl.Utf8,
+    "value_boolean": pl.Boolean,
+    "value_datetime": pl.Datetime("us"),
+    "value_precision": pl.Utf8,
+    "value_time": pl.Time,
+    "value_duration": pl.Utf8,
+    "value_lower": pl.Float64,
+    "value_upper": pl.Float64,
+    "numerator": pl.Float64,
+    "denominator": pl.Float64,
+    "proportion_type": pl.Int64,
+    "normal_low": pl.Float64,
+    "normal_high": pl.Float64,
+    "magnitude_status": pl.Utf8,
+    "null_flavour": pl.Utf8,
+    "source_file": pl.Utf8,
+    "position": pl.Int64,
+}
+
+ENTRY_TYPES = frozenset(
+    {"OBSERVATION", "EVALUATION", "INSTRUCTION", "ACTION", "ADMIN_ENTRY", "GENERIC_ENTRY"}
+)
+EVENT_TYPES = frozenset({"POINT_EVENT", "INTERVAL_EVENT", "EVENT"})
+# RM container types and the attributes holding their archetyped children (openEHR RM 1.1.0).
+_CHILDREN = {
+    "COMPOSITION": ("content",),
+    "SECTION": ("items",),
+    "OBSERVATION": ("data", "state", "protocol"),
+    "EVALUATION": ("data", "protocol"),
+    "INSTRUCTION": ("activities", "protocol"),
+    "ACTIVITY": ("description",),
+    "ACTION": ("description", "protocol"),
+    "ADMIN_ENTRY": ("data",),
+    "GENERIC_ENTRY": ("data",),
+    "HISTORY": ("events", "summary"),
+    "POINT_EVENT": ("data", "state"),
+    "INTERVAL_EVENT": ("data", "state"),
+    "EVENT": ("data", "state"),
+    "ITEM_TREE": ("items",),
+    "ITEM_LIST": ("items",),
+    "ITEM_SINGLE": ("item",),
+    "ITEM_TABLE": ("rows",),
+    "CLUSTER": ("items",),
+    "EVENT_CONTEXT": ("other_context",),
+    "EHR_STATUS": ("other_details",),
+}
+_SINGLE = frozenset(
+    {"data", "state", "protocol", "description", "summary", "item", "other_context", "other_details"}
+)
+VALUE_TYPES = frozenset(
+    {
+        "DV_QUANTITY",
+        "DV_COUNT",
+        "DV_PROPORTION",
+        "DV_CODED_TEXT",
+        "DV_TEXT",
+        "DV_ORDINAL",
+        "DV_SCALE",
+        "DV_BOOLEAN",
+        "DV_DATE_TIME",
+        "DV_DATE",
+        "DV_TIME",
+        "DV_DURATION",
+        "DV_IDENTIFIER",
+        "DV_INTERVAL",
+        "DV_MULTIMEDIA",
+        "DV_PARSABLE",
+        "DV_URI",
+        "DV_EHR_URI",
+        "DV_STATE",
+    }
+)
+# DV_PROPORTION.type (RM PROPORTION_KIND): 0 ratio, 1 unitary, 2 percent, 3 fraction, 4 integer fraction
+_PERCENT, _UNITARY = 2, 1
+_DURATION = re.compile(
+    r"^(-)?P(?:(\d+(?:\.\d+)?)Y)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?"
+    r"(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$"
+)
+_ARCHETYPE_RM_TYPE = re.compile(r"^openEHR-EHR-([A-Z_]+)\.")
+# seconds per ISO 8601 duration designator, calendar units at their average length
+_DURATION_SECONDS = (365.25 * 86400, 30.4375 * 86400, 7 * 86400, 86400, 3600, 60, 1)
+
+
+class CompositionError(ValueError):
+    """The composition cannot be read; ``path`` says where, ``code`` is the machine reason."""
+
+    def __init__(self, code: str, path: str, reason: str) -> None:
+        super().__init__(f"{reason} at {path or '/'}")
+        self.code = code
+        self.path = path or "/"
+        self.reason = reason
+
+
+def composition_uid(composition: dict) -> tuple[str | None, str | None]:
+    """``uid.value`` split into (uid without version, version tree id)."""
+    uid = (composition.get("uid") or {}).get("value")
+    if not isinstance(uid, str) or not uid:
+        return None, None
+    parts = uid.split("::")
+    return parts[0], parts[2] if len(parts) > 2 else None
+
+
+def flatten_composition(
+    composition: dict,
+    *,
+    uid: str,
+    version: str | None,
+    ehr_id: str,
+    zone: ZoneInfo,
+    source_file: str,
+    position: int,
+) -> list[dict]:
+    """All rows of one composition (dicts in ELEMENT_SCHEMA's columns)."""
+    if not isinstance(composition, dict) or composition.get("_type", "COMPOSITION") != "COMPOSITION":
+        raise CompositionError("not_a_composition", "/", "the record is not a COMPOSITION")
+    context = composition.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise CompositionError("malformed", "/context", "expected an object")
+    # context is optional on a COMPOSITION; when present its start_time is mandatory (RM 1.1.0)
+    start = _required_time(context.get("start_time"), "/context/start_time", zone) if context else None
+    context = context or {}
+    end = _time_value(context.get("end_time"), zone)
+    setting = ((context.get("setting") or {}).get("defining_code") or {}).get("code_string")
+    details = composition.get("archetype_details") or {}
+    archetype = composition.get("archetype_node_id") or (details.get("archetype_id") or {}).get("value")
+    base = {
+        "composition_uid": uid,
+        "composition_version": version,
+        "ehr_id": ehr_id,
+        "template_id": (details.get("template_id") or {}).get("value"),
+        "composition_archetype": archetype,
+        "setting_code": setting,
+        "context_start": start,
+        "context_end": end,
+        "source_file": source_file,
+        "position": position,
+    }
+    walker = _Walker(base, zone)
+    if start is not None:
+        walker.structural("/context", "/context", None, "EVENT_CONTEXT", {}, start)
+    if isinstance(context.get("other_context"), dict):
+        walker.walk(context["other_context"], "/context", "/context", "other_context", None, {})
+    for index, item in enumerate(_as_list(composition.get("content"))):
+        walker.walk(item, "", "", "content", index, {})
+    return walker.rows
+
+
+class _Walker:
+    """Depth-first walk keeping the enclosing entry and event of every node."""
+
+    def __init__(self, base: dict, zone: ZoneInfo) -> None:
+        self.base = base
+        self.zone = zone
+        self.rows: list[dict] = []
+
+    def walk(self, node: object, parent: str, parent_generic: str, attr: str, index: int | None, scope: dict):
+        if not isinstance(node, dict):
+            raise CompositionError("malformed", f"{parent}/{attr}", "expected an object")
+        rm_type = node.get("_type")
+        node_id = node.get("archetype_node_id")
+        if rm_type is None:
+            rm_type = _implicit_type(attr, node)
+        segment = f"{attr}[{node_id}]" if node_id else attr
+        generic = f"{parent_generic}/{segment}"
+        indexed = f"{parent}/{segment}" + (f"#{index}" if index is not None else "")
+        if rm_type == "ELEMENT":
+            self.element(node, indexed, generic, node_id, scope)
+            return
+        if rm_type not in _CHILDREN:
+            raise CompositionError("unknown_rm_type", indexed, f"unknown RM type {rm_type!r}")
+        scope = dict(scope)
+        if isinstance(node_id, str) and node_id.startswith("openEHR-"):
+            scope["archetype"] = node_id
+        own_time = None
+        if rm_type in ENTRY_TYPES:
+            own_time = self._entry_time(node, indexed)
+            scope.update(entry_type=rm_type, entry_archetype=node_id, entry_path=indexed, entry_time=own_time)
+        elif rm_type in EVENT_TYPES:
+            own_time = _required_time(node.get("time"), f"{indexed}/time", self.zone)
+            width = (node.get("width") or {}).get("value")
+            scope.update(event_type=rm_type, event_path=indexed, event_time=own_time, event_width=width)
+        elif rm_type == "HISTORY":
+            own_time = _time_value(node.get("origin"), self.zone)
+        self.structural(indexed, generic, node_id, rm_type, scope, own_time)
+        for child_attr in _CHILDREN[rm_type]:
+            children = node.get(child_attr)
+            if children is None:
+                continue
+            if child_attr in _SINGLE:
+                self.walk(children, indexed, generic, child_attr, None, scope)
+            else:
+                for child_index, child in enumerate(_as_list(children)):
+                    self.walk(child, indexed, generic, child_attr, child_index, scope)
+
+    def structural(self, indexed, generic, node_id, rm_type, scope, own_time) -> None:
+        self.rows.append(
+            {
+                **self.base,
+                **scope,
+                "path": generic,
+                "node_path": indexed,
+                "node_id": node_id,
+                "is_element": False,
+                "rm_type": rm_type,
+                "node_time": own_time,
+            }
+        )
+
+    def element(self, node: dict, indexed: str, generic: str, node_id: str | None, scope: dict) -> None:
+        row = {
+            **self.base,
+            **scope,
+            "path": generic,
+            "node_path": indexed,
+            "node_id": node_id,
+            "is_element": True,
+            "name": (node.get("name") or {}).get("value"),
+        }
+        flavour = node.get("null_flavour")
+        if isinstance(flavour, dict):
+            row["null_flavour"] = (flavour.get("defining_code") or {}).get("code_string") or flavour.get(
+                "value"
+            )
+        value = node.get("value")
+        if isinstance(value, dict):
+            row["rm_type"] = value.get("_type") or (
+                "DV_CODED_TEXT" if "defining_code" in value else "DV_TEXT"
+            )
+            if row["rm_type"] not in VALUE_TYPES:
+                raise CompositionError(
+                    "unknown_rm_type", indexed, f"unknown data value type {row['rm_type']!r}"
+                )
+            _read_value(row, value, self.zone, indexed)
+        elif value is not None:
+            raise CompositionError("malformed", indexed, "ELEMENT value is not an object")
+        self.rows.append(row)
+
+    def _entry_time(self, node: dict, path: str) -> datetime | None:
+        if node.get("_type") == "ACTION":
+            return _required_time(node.get("time"), f"{path}/time", self.zone)
+        data = node.get("data")
+        if isinstance(data, dict) and "origin" in data:
+            return _time_value(data.get("origin"), self.zone)
+        return None
+
+
+def _read_value(row: dict, value: dict, zone: ZoneInfo, path: str) -> None:
+    """Fill the typed value columns from one DATA_VALUE."""
+    kind = row["rm_type"]
+    if kind in ("DV_QUANTITY", "DV_COUNT", "DV_PROPORTION", "DV_ORDINAL", "DV_SCALE", "DV_DURATION"):
+        row["magnitude_status"] = value.get("magnitude_status")
+        low, high = _interval_bounds(value.get("normal_range"))
+        row["normal_low"], row["normal_high"] = low, high
+    if kind in ("DV_QUANTITY", "DV_COUNT"):
+        row["value_number"] = _number(value.get("magnitude"), path)
+        row["value_units"] = value.get("units")
+    elif kind == "DV_PROPORTION":
+        numerator = _number(value.get("numerator"), path)
+        denominator = _number(value.get("denominator"), path)
+        kind_code = value.get("type")
+        row.update(numerator=numerator, denominator=denominator, proportion_type=kind_code)
+        if kind_code == _PERCENT:
+            row["value_number"], row["value_units"] = numerator, "%"
+        elif kind_code == _UNITARY:
+            row["value_number"] = numerator
+        elif numerator is not None and denominator:
+            row["value_number"] = numerator / denominator
+    elif kind in ("DV_CODED_TEXT", "DV_TEXT"):
+        row["value_text"] = value.get("value")
+        _read_code(row, value.get("defining_code"))
+    elif kind in ("DV_ORDINAL", "DV_SCALE"):
+        row["value_number"] = _number(value.get("value"), path)
+        symbol = value.get("symbol") or {}
+        row["value_text"] = symbol.get("value")
+        _read_code(row, symbol.get("defining_code"))
+    elif kind == "DV_BOOLEAN":
+        row["value_boolean"] = value.get("value") if isinstance(value.get("value"), bool) else None
+    elif kind in ("DV_DATE_TIME", "DV_DATE"):
+        read = parse_time(str(value.get("value", "")), zone)
+        if read is None:
+            raise CompositionError("bad_time", path, f"{kind} value is not an ISO 8601 date")
+        row["value_datetime"], row["value_precision"] = read.value, read.precision
+    elif kind == "DV_TIME":
+        row["value_time"] = parse_clock(str(value.get("value", "")))
+    elif kind == "DV_DURATION":
+        row["value_duration"] = value.get("value")
+        row["value_number"] = _duration_seconds(value.get("value"))
+        row["value_units"] = "s" if row["value_number"] is not None else None
+    elif kind == "DV_IDENTIFIER":
+        row["value_text"] = value.get("id")
+        row["value_code"] = value.get("type")
+    elif kind == "DV_INTERVAL":
+        row["value_lower"], row["value_upper"] = _interval_bounds(value)
+        bound = value.get("lower") or value.get("upper") or {}
+        row["value_units"] = bound.get("units")
+    elif kind == "DV_MULTIMEDIA":
+        row["value_text"] = (value.get("uri") or {}).get("value") or value.get("alternate_text")
+        row["value_code"] = (value.get("media_type") or {}).get("code_string")
+    elif kind == "DV_PARSABLE":
+        row["value_text"] = value.get("value")
+        row["value_code"] = value.get("formalism")
+    else:  # DV_URI, DV_EHR_URI, DV_STATE
+        row["value_text"] = value.get("value") if isinstance(value.get("value"), str) else None
+
+
+def _read_code(row: dict, code: dict | None) -> None:
+    if isinstance(code, dict):
+        row["value_code"] = code.get("code_string")
+        row["value_terminology"] = (code.get("terminology_id") or {}).get("value")
+
+
+def _interval_bounds(interval: object) -> tuple[float | None, float | None]:
+    if not isinstance(interval, dict):
+        return None, None
+    return _bound(interval.get("lower")), _bound(interval.get("upper"))
+
+
+def _bound(value: object) -> float | None:
+    if not isinstance(value, dict):
+        return None
+    for key in ("magnitude", "value"):
+        if isinstance(value.get(key), int | float) and not isinstance(value.get(key), bool):
+            return float(value[key])
+    return None
+
+
+def _number(value: object, path: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise CompositionError("malformed", path, "a number was expected")
+    try:
+        return float(value)
+    except ValueError as error:
+        raise CompositionError("malformed", path, "a number was expected") from error
+
+
+def _duration_seconds(text: object) -> float | None:
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    if not match or not any(match.groups()[1:]):
+        return None
+    seconds = sum(
+        float(part) * scale
+        for part, scale in zip(match.groups()[1:], _DURATION_SECONDS, strict=False)
+        if part
+    )
+    return -seconds if match.group(1) else seconds
+
+
+def _time_value(value: object, zone: ZoneInfo) -> datetime | None:
+    if not isinstance(value, dict) or not isinstance(value.get("value"), str):
+        return None
+    read = parse_time(value["value"], zone)
+    return read.value if read else None
+
+
+def _required_time(value: object, path: str, zone: ZoneInfo) -> datetime:
+    if not isinstance(value, dict) or not isinstance(value.get("value"), str):
+        raise CompositionError("missing_time", path, "a required time is missing")
+    read = parse_time(value["value"], zone)
+    if read is None:
+        raise CompositionError("bad_time", path, "a required time is not an ISO 8601 date-time")
+    return read.value
+
+
+def _implicit_type(attr: str, node: dict) -> str | None:
+    """RM type of a node whose ``_type`` was left out (canonical JSON allows it where the attribute's
+    declared type is concrete); None when its keys do not say."""
+    archetype = _ARCHETYPE_RM_TYPE.match(str(node.get("archetype_node_id", "")))
+    if archetype:
+        return archetype.group(1)
+    if "value" in node or "null_flavour" in node:
+        return "ELEMENT"
+    if "activities" in node:
+        return "INSTRUCTION"
+    if "ism_transition" in node:
+        return "ACTION"
+    if "timing" in node and "description" in node:
+        return "ACTIVITY"
+    if "events" in node:
+        return "HISTORY"
+    if "time" in node and attr == "events":
+        return "POINT_EVENT"
+    if "items" in node:
+        return "CLUSTER" if attr == "items" else "ITEM_TREE"
+    return None
+
+
+def _as_list(value: object) -> list:
+    """A multiple attribute as a list; some serialisers write a single member as a bare object."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def elements_frame(rows: list[dict]) -> pl.DataFrame:
+    """The long frame of flattened rows, typed by ELEMENT_SCHEMA."""
+    return pl.DataFrame(rows, schema=ELEMENT_SCHEMA, strict=False)

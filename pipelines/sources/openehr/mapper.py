@@ -1,0 +1,121 @@
+"""openEHR compositions to a MappedBatch: read, OMOCL, shared concept resolution, domain routing.
+
+Steps, each over the whole batch at once: the reader flattens every composition into one long
+frame; the OMOCL engine picks, for each mapped archetype, the nodes that give each row; the codes
+then go through ``resolve_concepts``/``resolve_units`` exactly as FHIR codes do; the standard
+concept's domain chooses the table. Persons come from the EHRs, visits from hospitalisation entries,
+case identifiers or, failing those, from each composition's context (docs/openehr.md).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from pipelines.mapping.batch import QUARANTINE_SCHEMA, MappedBatch
+from pipelines.mapping.omocl.engine import apply_catalogue
+from pipelines.mapping.omocl.grammar import load_catalogue
+from pipelines.project_files import data_dir
+from pipelines.sources.openehr.reader import COMPOSITION, EHR_STATUS, OpenEhrExport, read_openehr
+from pipelines.sources.openehr.tables import clinical_tables, person_rows, visit_rows
+
+SOURCE = "openehr"
+
+
+def default_mapping_dir() -> Path:
+    """The project's own OMOCL files (mappings/openehr)."""
+    return data_dir("mappings") / "openehr"
+
+
+@cache
+def engine_settings() -> dict[str, dict]:
+    folder = default_mapping_dir() / "_engine"
+    return {p.stem: yaml.safe_load(p.read_text("utf-8")) for p in folder.glob("*.yaml")}
+
+
+def map_openehr(
+    paths: list[Path],
+    vocab,
+    *,
+    mapping_dirs: list[Path] | None = None,
+    time_zone: str | None = None,
+) -> MappedBatch:
+    """Map openEHR exports (AQL pages, folders per EHR) with the OMOCL files in ``mapping_dirs``
+    (default: the project's own, mappings/openehr). ``time_zone`` is the zone of times written
+    without an offset (default $PASSERELLE_TIME_ZONE, else UTC)."""
+    from pipelines.mapping.concepts import resolve_concepts, resolve_units
+
+    catalogue = load_catalogue(list(mapping_dirs) if mapping_dirs else [default_mapping_dir()])
+    export = read_openehr(paths, time_zone=time_zone)
+    result = apply_catalogue(export.elements, catalogue)
+    settings = engine_settings()
+    candidates = result.candidates.join(
+        export.compositions.drop("ehr_id"), on="composition_uid", how="left"
+    ).join(
+        _contexts(export.elements, settings["demographics"]["case_identification"]),
+        on="composition_uid",
+        how="left",
+    )
+    clinical = candidates.filter(~pl.col("omocl_type").is_in(["Person", "Visit"]))
+    tables = clinical_tables(clinical, vocab, settings, resolve_concepts, resolve_units)
+    visits, visit_of = visit_rows(candidates, tables, export, settings)
+    for name, frame in tables.items():
+        tables[name] = frame.join(visit_of, on="composition_uid", how="left").drop("composition_uid")
+    persons, person_quarantine = person_rows(candidates, export, settings, vocab, resolve_concepts)
+    if visits.height:
+        tables["visit_occurrence"] = visits
+    if persons.height:
+        tables["person"] = persons
+    tables = {name: frame for name, frame in tables.items() if frame.height}
+    return _account(export, tables, result, person_quarantine)
+
+
+def _contexts(elements: pl.DataFrame, case: dict) -> pl.DataFrame:
+    """Per composition: setting, context times, and the case identifier when the context has one."""
+    contexts = elements.group_by("composition_uid", maintain_order=True).agg(
+        pl.col("setting_code").first(),
+        pl.col("context_start").first(),
+        pl.col("context_end").first(),
+        pl.coalesce("event_time", "entry_time", "value_datetime").min().alias("earliest_time"),
+    )
+    suffix = f"/items[{case['archetype']}]/items[{case['item']}]"
+    cases = (
+        elements.filter(pl.col("path").str.starts_with("/context") & pl.col("path").str.ends_with(suffix))
+        .group_by("composition_uid")
+        .agg(pl.col("value_text").drop_nulls().first().alias("case_id"))
+    )
+    return contexts.join(cases, on="composition_uid", how="left")
+
+
+def _account(
+    export: OpenEhrExport, tables: dict[str, pl.DataFrame], result, person_quarantine
+) -> MappedBatch:
+    """Every composition mapped, filtered or quarantined; EHRs persons or quarantined."""
+    produced: set[str] = set()
+    for frame in tables.values():
+        if "_record_key" in frame.columns:
+            produced.update(frame["_record_key"].unique().to_list())
+    uids = export.compositions["composition_uid"].to_list()
+    mapped = sum(1 for uid in uids if f"{SOURCE}|{uid}" in produced)
+    filtered: dict[str, int] = {}
+    if len(uids) - mapped:
+        filtered["COMPOSITION: no OMOCL mapping matched its entries"] = len(uids) - mapped
+    if export.superseded:
+        filtered["COMPOSITION: older version of a composition in the same batch"] = export.superseded
+    for field, count in result.incomplete.group_by("missing_field").len().iter_rows():
+        filtered[f"row: required field {field} not found"] = count
+    for name, count in result.custom_skipped.items():
+        filtered[f"row: CustomMapping {name or '(unnamed)'} is not run"] = count
+    inputs = dict(export.inputs)
+    inputs["EHR"] = export.ehrs.height
+    persons = tables.get("person")
+    mapped_counts = {COMPOSITION: mapped, "EHR": persons.height if persons is not None else 0}
+    if export.inputs.get(EHR_STATUS):
+        mapped_counts[EHR_STATUS] = export.inputs[EHR_STATUS]
+    quarantine = pl.concat([export.quarantine, person_quarantine.cast(QUARANTINE_SCHEMA)], how="vertical")
+    return MappedBatch(
+        tables=tables, quarantine=quarantine, inputs=inputs, mapped=mapped_counts, filtered=filtered
+    )

@@ -1,0 +1,230 @@
+"""Read openEHR exports: AQL result sets (one file or a folder of pages) and folders per EHR.
+
+A folder per EHR is named by its ehr_id and holds canonical-JSON compositions, optionally its
+``ehr_status.json``. An AQL page is ``{"columns": [...], "rows": [[...], ...]}`` whose columns
+include the EHR id (path ending in ``ehr_id/value``) and a COMPOSITION. Every composition is
+flattened once into the long frame of ``flatten.py``; one that cannot be read is quarantined with
+its file, position, path and reason, and the others still load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import orjson
+import polars as pl
+
+from pipelines.errors import PasserelleError
+from pipelines.mapping.batch import QUARANTINE_SCHEMA
+from pipelines.sources.openehr.flatten import (
+    CompositionError,
+    composition_uid,
+    elements_frame,
+    flatten_composition,
+)
+from pipelines.sources.openehr.times import configured_zone
+
+COMPOSITION = "COMPOSITION"
+EHR_STATUS = "EHR_STATUS"
+FILE = "FILE"
+COMPOSITION_SCHEMA = {
+    "composition_uid": pl.Utf8,
+    "composition_version": pl.Utf8,
+    "ehr_id": pl.Utf8,
+    "template_id": pl.Utf8,
+    "composition_archetype": pl.Utf8,
+    "source_file": pl.Utf8,
+    "position": pl.Int64,
+}
+EHR_SCHEMA = {"ehr_id": pl.Utf8, "source_file": pl.Utf8, "has_status": pl.Boolean}
+
+
+@dataclass
+class OpenEhrExport:
+    """What the reader found: the long frame, one row per composition read, the EHRs, the rest."""
+
+    elements: pl.DataFrame
+    compositions: pl.DataFrame
+    ehrs: pl.DataFrame
+    quarantine: pl.DataFrame
+    inputs: dict[str, int] = field(default_factory=dict)
+    superseded: int = 0  # compositions replaced by a newer version of the same uid in this batch
+
+
+def read_openehr(paths: list[Path], *, time_zone: str | None = None) -> OpenEhrExport:
+    """Read every input; raises PasserelleError only for a path that does not exist."""
+    reader = _Reader(configured_zone(time_zone))
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*.json") if p.is_file()):
+                reader.read_file(file)
+        elif path.is_file():
+            reader.read_file(path)
+        else:
+            raise PasserelleError(f"{path}: no such file or folder of openEHR compositions")
+    return reader.result()
+
+
+class _Reader:
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+        self.rows: list[dict] = []
+        self.compositions: dict[str, dict] = {}
+        self.ehrs: dict[str, dict] = {}
+        self.quarantine: list[dict] = []
+        self.inputs: dict[str, int] = {}
+        self.superseded = 0
+
+    def read_file(self, path: Path) -> None:
+        try:
+            document = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as error:
+            self._count(FILE)
+            reason = (
+                "the file is not JSON"
+                if isinstance(error, orjson.JSONDecodeError)
+                else "the file cannot be read"
+            )
+            self._quarantine(path, None, FILE, None, "malformed_json", reason)
+            return
+        if isinstance(document, dict) and isinstance(document.get("rows"), list) and "columns" in document:
+            self._read_page(path, document)
+        elif isinstance(document, dict) and document.get("_type") == EHR_STATUS:
+            self._count(EHR_STATUS)
+            self._ehr(path.parent.name, path, has_status=True)
+        elif _looks_like_composition(document):
+            self._read_composition(document, path.parent.name, path, 0)
+        else:
+            self._count(FILE)
+            self._quarantine(
+                path,
+                None,
+                FILE,
+                None,
+                "unrecognised",
+                "neither a COMPOSITION, an EHR_STATUS nor an AQL result set (columns and rows)",
+            )
+
+    def _read_page(self, path: Path, page: dict) -> None:
+        columns = page.get("columns") if isinstance(page.get("columns"), list) else []
+        ehr_column = next(
+            (
+                i
+                for i, c in enumerate(columns)
+                if isinstance(c, dict) and "ehr_id" in str(c.get("path", "")) + str(c.get("name", ""))
+            ),
+            None,
+        )
+        for position, row in enumerate(page["rows"]):
+            composition = (
+                next((cell for cell in row if _looks_like_composition(cell)), None)
+                if isinstance(row, list)
+                else None
+            )
+            if composition is None:
+                self._count(COMPOSITION)
+                self._quarantine(
+                    path, position, COMPOSITION, None, "malformed", "the AQL row holds no COMPOSITION"
+                )
+                continue
+            ehr_id = row[ehr_column] if ehr_column is not None and ehr_column < len(row) else None
+            if not isinstance(ehr_id, str) or not ehr_id:
+                self._count(COMPOSITION)
+                self._quarantine(
+                    path,
+                    position,
+                    COMPOSITION,
+                    composition_uid(composition)[0],
+                    "missing_subject",
+                    "the AQL row has no ehr_id column (select e/ehr_id/value beside the composition)",
+                )
+                continue
+            self._read_composition(composition, ehr_id, path, position)
+
+    def _read_composition(self, composition: dict, ehr_id: str, path: Path, position: int) -> None:
+        self._count(COMPOSITION)
+        uid, version = composition_uid(composition)
+        if uid is None:  # an export without uids: a stable id from the EHR and the content
+            digest = hashlib.sha1(ehr_id.encode() + orjson.dumps(composition, option=orjson.OPT_SORT_KEYS))
+            uid = f"sha1-{digest.hexdigest()[:32]}"
+        try:
+            rows = flatten_composition(
+                composition,
+                uid=uid,
+                version=version,
+                ehr_id=ehr_id,
+                zone=self.zone,
+                source_file=str(path),
+                position=position,
+            )
+        except CompositionError as error:
+            self._quarantine(path, position, COMPOSITION, uid, error.code, f"{error.reason} at {error.path}")
+            return
+        previous = self.compositions.get(uid)
+        if previous is not None:
+            self.superseded += 1
+            if _version_number(version) < _version_number(previous["composition_version"]):
+                return
+            self.rows = [r for r in self.rows if r["composition_uid"] != uid]
+        self.rows.extend(rows)
+        details = composition.get("archetype_details") or {}
+        self.compositions[uid] = {
+            "composition_uid": uid,
+            "composition_version": version,
+            "ehr_id": ehr_id,
+            "template_id": (details.get("template_id") or {}).get("value"),
+            "composition_archetype": composition.get("archetype_node_id"),
+            "source_file": str(path),
+            "position": position,
+        }
+        self._ehr(ehr_id, path, has_status=False)
+
+    def _ehr(self, ehr_id: str, path: Path, *, has_status: bool) -> None:
+        known = self.ehrs.setdefault(
+            ehr_id, {"ehr_id": ehr_id, "source_file": str(path), "has_status": False}
+        )
+        known["has_status"] = known["has_status"] or has_status
+
+    def _count(self, record_type: str) -> None:
+        self.inputs[record_type] = self.inputs.get(record_type, 0) + 1
+
+    def _quarantine(self, path, position, record_type, record_id, code, reason) -> None:
+        self.quarantine.append(
+            {
+                "source_format": "openehr",
+                "source_file": str(path),
+                "position": position,
+                "record_type": record_type,
+                "record_id": record_id,
+                "reason_code": code,
+                "reason": reason,
+            }
+        )
+
+    def result(self) -> OpenEhrExport:
+        return OpenEhrExport(
+            elements=elements_frame(self.rows),
+            compositions=pl.DataFrame(list(self.compositions.values()), schema=COMPOSITION_SCHEMA),
+            ehrs=pl.DataFrame(list(self.ehrs.values()), schema=EHR_SCHEMA),
+            quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA),
+            inputs=dict(self.inputs),
+            superseded=self.superseded,
+        )
+
+
+def _looks_like_composition(value: object) -> bool:
+    if not isinstance(value, dict):
+        return False
+    if value.get("_type") == COMPOSITION:
+        return True
+    return "_type" not in value and str(value.get("archetype_node_id", "")).startswith(
+        "openEHR-EHR-COMPOSITION."
+    )
+
+
+def _version_number(version: str | None) -> int:
+    return int(version) if version and version.isdigit() else 0
