@@ -14,16 +14,20 @@ _ids = count(1)
 
 
 def insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict]) -> None:
-    """Insert rows into a CDM table; required columns not given get a neutral value (0, text '-'),
-    and the primary key a fresh id."""
+    """Insert rows into a CDM table; required columns not given get a neutral value (0, text '-', for a
+    date the row's first date: an event without an end date lasts that one day), and the primary
+    key a fresh id."""
     spec = cdm_schema().table(table)
     for given in rows:
+        first_date = next((v for v in given.values() if isinstance(v, dt.date)), None)
         row = {}
         for column in spec.columns:
             if column.name in given:
                 row[column.name] = given[column.name]
             elif column.primary_key:
                 row[column.name] = next(_ids)
+            elif column.type == "date" and column.required and first_date:
+                row[column.name] = first_date
             elif column.required:
                 row[column.name] = _FILLER.get(column.type, "-")
         names = list(row)
