@@ -1,0 +1,648 @@
+"""The one engine that applies mappings/fhir/*.yaml to staged FHIR frames and yields a MappedBatch.
+
+Everything is a Polars operation on a whole resource type at once: filters are boolean expressions,
+paths are struct/list expressions, references and concepts are joins. Per record the outcome is one
+of: rows (``mapped``), a rule that filtered it (``filtered``, by reason), or the quarantine (a
+missing subject, an impossible date...). A record that passes the filters and gives no row is
+counted as filtered with the mapping's ``no_rows_reason`` so that the books always balance.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from pipelines.cdm.spec import cdm_schema
+from pipelines.mapping.batch import QUARANTINE_SCHEMA, MappedBatch
+from pipelines.mapping.fhir import dates
+from pipelines.mapping.fhir.paths import compile_path
+from pipelines.mapping.fhir.spec import (
+    Common,
+    MappingError,
+    Output,
+    ResourceMapping,
+    load_common,
+    load_mappings,
+)
+from pipelines.sources.fhir.model import CodeableConcept, polars_schema
+from pipelines.sources.fhir.reader import StagedFhir
+from pipelines.sources.fhir.references import reference_keys
+
+if TYPE_CHECKING:
+    from pipelines.vocab import Vocabulary
+
+# Facets of routed outputs, by kind (docs/fhir.md lists what each fills).
+_CODEABLE = ("concept", "value_concept", "route", "anatomic_site", "status")
+_DATES = ("start", "end")
+_REFS = {
+    "person": ("person_id", "Patient"),
+    "visit": ("visit_occurrence_id", "Encounter"),
+    "provider": ("provider_id", "Practitioner"),
+}
+# The FHIR resource type a CDM foreign key points at, for logical references (identifier only).
+_FHIR_TYPE = {
+    "person": "Patient",
+    "visit_occurrence": "Encounter",
+    "visit_detail": "Encounter",
+    "provider": "Practitioner",
+    "care_site": "Organization",
+    "location": "Location",
+}
+_NUMBERS = {
+    "value_number": pl.Float64,
+    "quantity": pl.Float64,
+    "range_low": pl.Float64,
+    "range_high": pl.Float64,
+    "days_supply": pl.Int64,
+    "refills": pl.Int64,
+}
+_TEXT = ("value_string", "sig", "lot_number", "stop_reason", "unique_device_id", "specimen_source_id")
+_KNOWN_FACETS = frozenset([*_CODEABLE, *_DATES, *_REFS, *_NUMBERS, *_TEXT, "unit", "operator"])
+_CODING = pl.Struct({"system": pl.Utf8, "code": pl.Utf8, "display": pl.Utf8, "userSelected": pl.Boolean})
+_POLARS_TYPE = {
+    "bigint": pl.Int64,
+    "integer": pl.Int32,
+    "float": pl.Float64,
+    "date": pl.Date,
+    "datetime": pl.Datetime("us"),
+    "boolean": pl.Boolean,
+}
+_BOOKKEEPING = {
+    "_key": pl.Utf8,
+    "_record_key": pl.Utf8,
+    "_source_format": pl.Utf8,
+    "_source_file": pl.Utf8,
+    "_position": pl.Int64,
+    "_record_type": pl.Utf8,
+    "_record_id": pl.Utf8,
+    "_record_version": pl.Utf8,
+}
+
+
+def map_staged(staged: StagedFhir, vocab: Vocabulary) -> MappedBatch:
+    """Map every staged resource type through its mapping file; types without one are filtered."""
+    return _Engine(staged, vocab, load_mappings(), load_common()).run()
+
+
+class _Engine:
+    def __init__(
+        self, staged: StagedFhir, vocab: Vocabulary, mappings: dict[str, ResourceMapping], common: Common
+    ) -> None:
+        self.staged = staged
+        self.vocab = vocab
+        self.mappings = mappings
+        self.common = common
+        self.codes = _referenced_codes(staged.resources)
+        self.tables: dict[str, list[pl.DataFrame]] = {}
+        self.quarantine: list[pl.DataFrame] = [staged.quarantine]
+        self.mapped: Counter[str] = Counter()
+        self.filtered: Counter[str] = Counter(staged.filtered)
+
+    def run(self) -> MappedBatch:
+        for kind, frame in self.staged.resources.items():
+            mapping = self.mappings.get(kind)
+            if mapping is None:
+                self.filtered[f"{kind}: no mapping (no mappings/fhir/{kind}.yaml)"] += frame.height
+            else:
+                self.map_resource(mapping, frame)
+        return MappedBatch(
+            tables={name: _finish(name, frames) for name, frames in sorted(self.tables.items())},
+            quarantine=pl.concat(self.quarantine, how="vertical_relaxed").cast(QUARANTINE_SCHEMA),
+            deletions=self.staged.deletions,
+            inputs=dict(self.staged.inputs),
+            mapped=dict(self.mapped),
+            filtered=dict(self.filtered),
+        )
+
+    # --- one resource type ------------------------------------------------------------------
+
+    def map_resource(self, mapping: ResourceMapping, frame: pl.DataFrame) -> None:
+        kind = mapping.resource
+        for rule in mapping.filters:
+            drop = frame.select(_condition(rule.when).fill_null(False)).to_series()
+            if drop.any():
+                self.filtered[f"{kind}: {rule.reason}"] += int(drop.sum())
+                frame = frame.filter(~drop)
+        produced: list[tuple[str, pl.DataFrame]] = []
+        problems: list[pl.DataFrame] = []
+        for output in mapping.outputs:
+            rows = frame
+            if output.when is not None:
+                rows = rows.filter(_condition(output.when).fill_null(False))
+            if output.each is not None:
+                rows = (
+                    rows.with_columns(compile_path(output.each).alias("item"))
+                    .with_columns(pl.int_ranges(pl.col("item").list.len()).alias("_item_index"))
+                    .explode(["item", "_item_index"])
+                    .filter(pl.col("item").is_not_null())
+                )
+            if rows.height == 0:
+                continue
+            context = _Output(self, mapping, output, rows)
+            produced.extend(context.tables())
+            problems.extend(context.problems)
+        bad = _first_problem(problems)
+        if bad.height:
+            self.quarantine.append(_quarantine_rows(frame, bad))
+            produced = [(table, rows.join(bad, on="_record_key", how="anti")) for table, rows in produced]
+        keys: set[str] = set()
+        for table, rows in produced:
+            if rows.height:
+                self.tables.setdefault(table, []).append(rows)
+                keys.update(rows["_record_key"].unique().to_list())
+        self.mapped[kind] += len(keys)
+        nothing = frame.height - bad.height - len(keys)
+        if nothing:
+            self.filtered[f"{kind}: {mapping.no_rows_reason}"] += nothing
+
+
+class _Output:
+    """One output of one mapping, evaluated on the rows it applies to."""
+
+    def __init__(self, engine: _Engine, mapping: ResourceMapping, output: Output, rows: pl.DataFrame) -> None:
+        self.engine = engine
+        self.mapping = mapping
+        self.output = output
+        self.rows = rows.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"))
+        self.problems: list[pl.DataFrame] = []
+        self.where = f"{mapping.source.name}, output {output.name!r}"
+
+    # --- values -----------------------------------------------------------------------------
+
+    def raw(self, spec: Any) -> pl.Series:
+        """A value spec evaluated on every row, before any facet-specific treatment."""
+        rows = self.rows
+        if isinstance(spec, str):
+            return rows.select(compile_path(spec)).to_series()
+        if isinstance(spec, list):
+            return _coalesce([self.raw(s) for s in spec])
+        if not isinstance(spec, dict) or not spec:
+            raise MappingError(f"{self.where}: cannot read value {spec!r}")
+        (key, value), *_ = spec.items()
+        if key == "const":
+            return pl.repeat(value, rows.height, eager=True)
+        if key == "type_concept":
+            return pl.repeat(self.engine.common.type_concepts[value], rows.height, eager=True, dtype=pl.Int32)
+        if key == "lookup":
+            source = self.raw(value).cast(pl.Utf8)
+            mapping = {str(k): v for k, v in spec["values"].items()}
+            return source.replace_strict(mapping, default=spec.get("default"))
+        if key == "ref":
+            return self.reference(value, spec.get("type"))
+        if key == "own" and value == "self":
+            return rows["_record_key"]
+        if key == "own":
+            present = (
+                self.raw(spec["if"]).is_not_null()
+                if "if" in spec
+                else pl.repeat(True, rows.height, eager=True)
+            )
+            keys = rows["_record_key"] + f"|{value}"
+            return pl.select(pl.when(present).then(keys)).to_series()
+        if key == "resolve":
+            keys = self.reference(value, None)
+            codes = self.engine.codes.filter(pl.col("element") == spec["element"]).drop("element")
+            return pl.DataFrame({"key": keys}).join(codes, on="key", how="left", maintain_order="left")[
+                "code"
+            ]
+        if key in ("date", "datetime", "year", "month", "day"):
+            return self.date_part(key, self.raw(value))
+        if key in ("concept", "source_concept", "code"):
+            resolved = self.codeable(value, fan_out=False)
+            column = {"concept": "concept_id", "source_concept": "source_concept_id", "code": "source_value"}[
+                key
+            ]
+            return resolved[column]
+        if key == "unit":
+            return self.unit(value)["unit_concept_id"]
+        raise MappingError(f"{self.where}: unknown value kind {key!r}")
+
+    def reference(self, spec: Any, target_type: str | None) -> pl.Series:
+        ref = self.raw(spec)
+        frame = self.rows.select("_scope", "_record_key").with_columns(ref.alias("_ref"))
+        return reference_keys(
+            frame,
+            pl.col("_ref"),
+            full_urls=self.engine.staged.full_urls,
+            identifiers=self.engine.staged.identifiers,
+            target_type=target_type,
+        )
+
+    def date_part(self, part: str, text: pl.Series) -> pl.Series:
+        frame = pl.DataFrame({"t": text.cast(pl.Utf8), "_record_key": self.rows["_record_key"]})
+        t = pl.col("t")
+        bad = frame.filter(dates.impossible(t))
+        if bad.height:
+            self.problem(
+                bad["_record_key"],
+                "impossible_date",
+                f"The {self.mapping.resource} has a date or time that does not exist in the calendar "
+                f"(read by {self.where}).",
+            )
+        instant = dates.fhir_datetime(t)
+        day = pl.coalesce(instant.dt.date(), dates.fhir_date(t))
+        precision = dates.precision(t)
+        expr = {
+            "datetime": instant,
+            "date": day,
+            "year": day.dt.year().cast(pl.Int32),
+            "month": pl.when(precision != "year").then(day.dt.month().cast(pl.Int32)),
+            "day": pl.when(precision == "day").then(day.dt.day().cast(pl.Int32)),
+        }[part]
+        return frame.select(expr).to_series()
+
+    def problem(self, record_keys: pl.Series, code: str, reason: str) -> None:
+        self.problems.append(
+            pl.DataFrame({"_record_key": record_keys}).with_columns(
+                pl.lit(code).alias("reason_code"), pl.lit(reason).alias("reason")
+            )
+        )
+
+    # --- concepts ---------------------------------------------------------------------------
+
+    def codeable(self, spec: Any, *, fan_out: bool) -> pl.DataFrame:
+        """Resolve a CodeableConcept (or Coding) per row: one coding chosen by the IG's priority
+        (standard concept, then mapped, then userSelected, then order); with ``fan_out`` all the
+        standard concepts it maps to, else the first. Columns: _row, concept_id, source_concept_id,
+        source_value, domain_id, value_as_concept_id, _fan (targets of the chosen coding)."""
+        from pipelines.mapping.concepts import resolve_concepts
+
+        value = self.raw(spec)
+        if isinstance(value.dtype, pl.Struct) and "coding" in value.dtype.to_schema():
+            codings = value.struct.field("coding")
+            text = value.struct.field("text")
+        elif isinstance(value.dtype, pl.Struct):
+            codings = value.cast(_CODING, strict=False).to_frame("c").select(pl.concat_list("c")).to_series()
+            codings = pl.select(pl.when(value.is_not_null()).then(codings)).to_series()
+            text = pl.repeat(None, value.len(), eager=True, dtype=pl.Utf8)
+        else:
+            raise MappingError(f"{self.where}: {spec!r} is not a CodeableConcept or a Coding")
+        long = (
+            pl.DataFrame({"_row": self.rows["_row"], "c": codings})
+            .explode("c")
+            .with_columns(pl.int_range(pl.len()).over("_row").alias("_coding"))
+            .unnest("c")
+            .filter(pl.col("code").is_not_null())
+            .select("_row", "_coding", "system", "code", pl.col("userSelected").fill_null(False))
+        )
+        resolved = resolve_concepts(long, self.engine.vocab, system="system", code="code")
+        ranked = resolved.with_columns(
+            (
+                (pl.col("source_concept_id") != 0) & (pl.col("concept_id") == pl.col("source_concept_id"))
+            ).alias("_standard"),
+            (pl.col("concept_id") != 0).alias("_mapped"),
+        ).sort(
+            ["_row", "_standard", "_mapped", "userSelected", "_coding"],
+            descending=[False, True, True, True, False],
+        )
+        chosen = ranked.group_by("_row", maintain_order=True).agg(pl.col("_coding").first().alias("_chosen"))
+        picked = ranked.join(chosen, on="_row").filter(pl.col("_coding") == pl.col("_chosen"))
+        picked = picked.with_columns(pl.len().over("_row").alias("_fan"))
+        if not fan_out:
+            picked = picked.unique("_row", keep="first", maintain_order=True)
+        columns = [
+            "concept_id",
+            "source_concept_id",
+            "source_value",
+            "domain_id",
+            "value_as_concept_id",
+            "_fan",
+        ]
+        base = pl.DataFrame({"_row": self.rows["_row"], "_text": text})
+        out = base.join(picked.select("_row", *columns), on="_row", how="left", maintain_order="left")
+        return out.with_columns(
+            pl.col("concept_id").fill_null(0).cast(pl.Int32),
+            pl.col("source_concept_id").fill_null(0).cast(pl.Int32),
+            pl.coalesce("source_value", pl.col("_text")).alias("source_value"),
+            pl.col("value_as_concept_id").cast(pl.Int32),
+            pl.col("_fan").fill_null(1),
+        ).drop("_text")
+
+    def unit(self, spec: Any) -> pl.DataFrame:
+        """A Quantity's unit (UCUM code when the system is UCUM, else its text) -> unit concept."""
+        from pipelines.mapping.concepts import resolve_units
+
+        quantity = self.raw(spec)
+        if not isinstance(quantity.dtype, pl.Struct):
+            raise MappingError(f"{self.where}: unit {spec!r} is not a Quantity")
+        q = pl.col("q")
+        unit = (
+            pl.when(q.struct.field("system") == "http://unitsofmeasure.org")
+            .then(pl.coalesce(q.struct.field("code"), q.struct.field("unit")))
+            .otherwise(pl.coalesce(q.struct.field("unit"), q.struct.field("code")))
+        )
+        frame = pl.DataFrame({"q": quantity}).select(unit.alias("unit"))
+        resolved = resolve_units(frame, self.engine.vocab, unit="unit", prefix="unit_")
+        return resolved.select(
+            pl.when(pl.col("unit").is_not_null())
+            .then(pl.col("unit_concept_id").fill_null(0))
+            .cast(pl.Int32)
+            .alias("unit_concept_id"),
+            pl.col("unit_source_value"),
+        )
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def tables(self) -> list[tuple[str, pl.DataFrame]]:
+        return self.routed() if self.output.routed else self.fixed()
+
+    def fixed(self) -> list[tuple[str, pl.DataFrame]]:
+        output, table = self.output, self.output.table
+        spec_table = cdm_schema().table(table)
+        columns: dict[str, pl.Series] = {}
+        for column, spec in output.columns.items():
+            references = spec_table.column(column).references
+            if references and references[0] != "concept":
+                if isinstance(spec, dict) and ("own" in spec or "ref" in spec):
+                    columns[f"_ref__{column}"] = self.raw(spec)
+                else:
+                    columns[f"_ref__{column}"] = self.reference(spec, _FHIR_TYPE.get(references[0]))
+            else:
+                columns[column] = self.raw(spec)
+        frame = self.bookkeeping().with_columns([series.alias(name) for name, series in columns.items()])
+        self.require(frame, output.required)
+        suffix = f"|{output.key}" if output.key else ""
+        frame = frame.with_columns((pl.col("_record_key") + suffix).alias("_key"))
+        return [(table, frame)]
+
+    def routed(self) -> list[tuple[str, pl.DataFrame]]:
+        output, common = self.output, self.engine.common
+        unknown = set(output.facets) - _KNOWN_FACETS
+        if unknown:
+            raise MappingError(f"{self.where}: unknown facets {sorted(unknown)} (docs/fhir.md lists them)")
+        facets = self.bookkeeping()
+        cols: dict[str, pl.Series] = {}
+        for name, spec in output.facets.items():
+            if name in _CODEABLE and name != "concept":
+                resolved = self.codeable(spec, fan_out=False)
+                # An absent element has no concept (null), an unmapped one has concept 0.
+                absent = resolved["source_value"].is_null()
+                cols[f"{name}_concept_id"] = resolved["concept_id"].zip_with(
+                    ~absent, pl.repeat(None, absent.len(), eager=True, dtype=pl.Int32)
+                )
+                cols[f"{name}_source_value"] = resolved["source_value"]
+            elif name in _DATES:
+                text = self.raw(spec)
+                cols[f"{name}_date"] = self.date_part("date", text)
+                cols[f"{name}_datetime"] = self.date_part("datetime", text)
+            elif name in _REFS:
+                cols[f"_facet_{name}"] = self.reference(spec, _REFS[name][1])
+            elif name in _NUMBERS:
+                cols[name] = self.raw(spec).cast(_NUMBERS[name], strict=False)
+            elif name in _TEXT:
+                cols[name] = self.raw(spec).cast(pl.Utf8)
+            elif name == "unit":
+                resolved = self.unit(spec)
+                cols["unit_concept_id"] = resolved["unit_concept_id"]
+                cols["unit_source_value"] = resolved["unit_source_value"]
+            elif name == "operator":
+                cols["operator_concept_id"] = (
+                    self.raw(spec)
+                    .cast(pl.Utf8)
+                    .replace_strict(common.operators, default=None, return_dtype=pl.Int32)
+                )
+        facets = facets.with_columns([series.alias(name) for name, series in cols.items()])
+        concept_spec = output.facets.get("concept")
+        if isinstance(concept_spec, dict) and "const" in concept_spec:
+            concepts = self.rows.select(
+                "_row",
+                pl.lit(int(concept_spec["const"]), dtype=pl.Int32).alias("concept_id"),
+                pl.lit(0, dtype=pl.Int32).alias("source_concept_id"),
+                pl.lit(None, dtype=pl.Utf8).alias("source_value"),
+                pl.lit(None, dtype=pl.Utf8).alias("domain_id"),
+                pl.lit(None, dtype=pl.Int32).alias("value_as_concept_id"),
+                pl.lit(1, dtype=pl.UInt32).alias("_fan"),
+            )
+        elif concept_spec is not None:
+            concepts = self.codeable(concept_spec, fan_out=True)
+        else:
+            raise MappingError(f"{self.where}: a routed output needs a concept facet")
+        frame = facets.join(concepts, on="_row", how="left", maintain_order="left")
+        type_id = common.type_concepts[output.type_concept] if output.type_concept else 0
+        frame = frame.with_columns(
+            pl.lit(type_id, dtype=pl.Int32).alias("type_concept_id"),
+            _value_concept(frame).alias("value_concept_id"),
+            _end_or_supply(frame).alias("end_date_or_supply"),
+        )
+        self.require_routed(frame)
+        item = f"|{output.each}/" if output.each else None
+        key = pl.col("_record_key")
+        if item:
+            key = key + item + pl.col("_item_index").cast(pl.Utf8)
+        if output.key:
+            key = key + f"|{output.key}"
+        key = pl.when(pl.col("_fan") > 1).then(key + "|" + pl.col("concept_id").cast(pl.Utf8)).otherwise(key)
+        routed_table = pl.col("domain_id").replace_strict(
+            common.domain_table, default=None, return_dtype=pl.Utf8
+        )
+        table = (
+            pl.lit(output.table, dtype=pl.Utf8)
+            if output.table
+            else pl.coalesce(
+                pl.when(pl.col("concept_id") != 0).then(routed_table), pl.lit(output.default_table)
+            )
+        )
+        frame = frame.with_columns(key.alias("_key"), table.alias("_table"))
+        out = []
+        for (table,), rows in frame.partition_by("_table", as_dict=True).items():
+            out.append((table, self.to_table(table, rows)))
+        return out
+
+    def to_table(self, table: str, rows: pl.DataFrame) -> pl.DataFrame:
+        exprs = []
+        for column, facet in self.engine.common.tables[table].items():
+            if facet in _REFS:
+                name = f"_facet_{facet}"
+                exprs.append(
+                    (pl.col(name) if name in rows.columns else pl.lit(None, pl.Utf8)).alias(f"_ref__{column}")
+                )
+            elif facet in rows.columns:
+                exprs.append(pl.col(facet).alias(column))
+        return rows.select(*_BOOKKEEPING, *exprs)
+
+    def bookkeeping(self) -> pl.DataFrame:
+        return self.rows.select(
+            "_row",
+            "_record_key",
+            pl.lit("fhir").alias("_source_format"),
+            "_source_file",
+            "_position",
+            "_record_type",
+            "_record_id",
+            "_record_version",
+            *(["_item_index"] if "_item_index" in self.rows.columns else []),
+        )
+
+    # --- quarantine rules -------------------------------------------------------------------
+
+    def require(self, frame: pl.DataFrame, required: dict[str, str]) -> None:
+        for column, code in required.items():
+            name = column if column in frame.columns else f"_ref__{column}"
+            missing = frame.filter(pl.col(name).is_null())["_record_key"]
+            if missing.len():
+                self.problem(
+                    missing,
+                    code,
+                    _REASONS.get(code, "A required element is missing.").format(
+                        kind=self.mapping.resource, where=self.where
+                    ),
+                )
+
+    def require_routed(self, frame: pl.DataFrame) -> None:
+        if "_facet_person" not in frame.columns:
+            raise MappingError(f"{self.where}: a routed output needs a person facet")
+        person = pl.col("_facet_person")
+        self.require(frame.with_columns(person.alias("person")), {"person": "missing_subject"})
+        not_patient = frame.filter(person.is_not_null() & ~person.str.starts_with("fhir|Patient"))
+        if not_patient.height:
+            self.problem(
+                not_patient["_record_key"],
+                "subject_not_a_patient",
+                _REASONS["subject_not_a_patient"].format(kind=self.mapping.resource, where=self.where),
+            )
+        if "start_date" not in frame.columns:
+            raise MappingError(f"{self.where}: a routed output needs a start facet")
+        self.require(frame, {"start_date": "missing_date"})
+
+
+_REASONS = {
+    "missing_subject": "The {kind} names no patient (no subject or patient reference): it belongs to no one.",
+    "subject_not_a_patient": "The {kind} is about something other than a Patient (group, device, location).",
+    "missing_date": "The {kind} has none of the dates {where} reads, so it cannot be placed in time.",
+    "missing_birth_date": "The {kind} has no birth date; OMOP person.year_of_birth is required.",
+}
+
+
+def _condition(spec: dict) -> pl.Expr:
+    """A filter/when condition: ``{path, in|not_in}``, ``{present}``, ``{absent}``, ``{all}``, ``{any}``."""
+    if "all" in spec:
+        return pl.all_horizontal([_condition(s).fill_null(False) for s in spec["all"]])
+    if "any" in spec:
+        return pl.any_horizontal([_condition(s).fill_null(False) for s in spec["any"]])
+    if "present" in spec:
+        paths = spec["present"] if isinstance(spec["present"], list) else [spec["present"]]
+        return pl.any_horizontal([_present(compile_path(p)) for p in paths])
+    if "absent" in spec:
+        paths = spec["absent"] if isinstance(spec["absent"], list) else [spec["absent"]]
+        return ~pl.any_horizontal([_present(compile_path(p)) for p in paths])
+    value = compile_path(spec["path"]).cast(pl.Utf8)
+    if "in" in spec:
+        return value.is_in([str(v) for v in spec["in"]]).fill_null(False)
+    if "not_in" in spec:
+        return ~value.is_in([str(v) for v in spec["not_in"]]).fill_null(False)
+    raise MappingError(f"cannot read condition {spec!r}")
+
+
+def _present(expr: pl.Expr) -> pl.Expr:
+    return expr.is_not_null()
+
+
+def _coalesce(series: list[pl.Series]) -> pl.Series:
+    kinds = {s.dtype for s in series if s.dtype != pl.Null}
+    if len(kinds) > 1:
+        numeric = all(k.is_numeric() for k in kinds)
+        series = [s.cast(pl.Float64 if numeric else pl.Utf8) for s in series]
+    frame = pl.DataFrame({f"v{i}": s for i, s in enumerate(series)})
+    return frame.select(pl.coalesce(frame.columns)).to_series()
+
+
+def _value_concept(frame: pl.DataFrame) -> pl.Expr:
+    """value_as_concept_id: the coded value when there is one, else the concept's "Maps to value"."""
+    parts = [
+        pl.when(pl.col(c) != 0).then(pl.col(c))
+        for c in ("value_concept_concept_id", "value_as_concept_id")
+        if c in frame.columns
+    ]
+    if "value_concept_concept_id" in frame.columns:
+        parts.append(pl.col("value_concept_concept_id"))
+    return pl.coalesce(parts).cast(pl.Int32) if parts else pl.lit(None, dtype=pl.Int32)
+
+
+def _end_or_supply(frame: pl.DataFrame) -> pl.Expr:
+    """A required end date (drug_exposure): the end, else start + days supply - 1, else the start."""
+    if "start_date" not in frame.columns:
+        return pl.lit(None, dtype=pl.Date)
+    parts = []
+    if "end_date" in frame.columns:
+        parts.append(pl.col("end_date"))
+    if "days_supply" in frame.columns:
+        parts.append(pl.col("start_date") + pl.duration(days=(pl.col("days_supply") - 1).clip(lower_bound=0)))
+    parts.append(pl.col("start_date"))
+    return pl.coalesce(parts)
+
+
+def _first_problem(problems: list[pl.DataFrame]) -> pl.DataFrame:
+    if not problems:
+        return pl.DataFrame(schema={"_record_key": pl.Utf8, "reason_code": pl.Utf8, "reason": pl.Utf8})
+    return pl.concat(problems).unique("_record_key", keep="first", maintain_order=True)
+
+
+def _quarantine_rows(frame: pl.DataFrame, bad: pl.DataFrame) -> pl.DataFrame:
+    return frame.join(bad, on="_record_key", how="inner", maintain_order="left").select(
+        pl.lit("fhir").alias("source_format"),
+        pl.col("_source_file").alias("source_file"),
+        pl.col("_position").alias("position"),
+        pl.col("_record_type").alias("record_type"),
+        pl.col("_record_id").alias("record_id"),
+        "reason_code",
+        "reason",
+    )
+
+
+# Elements of a referenced resource that ``{resolve: <reference>, element: <name>}`` can read.
+_RESOLVABLE = {"Medication": "code", "Device": "type"}
+
+
+def _referenced_codes(resources: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """key, element -> CodeableConcept of the resources that others point at: Medication.code,
+    Device.type, and contained resources' code (key ``<container key>#<id>``)."""
+    parts = []
+    for kind, element in _RESOLVABLE.items():
+        if kind in resources:
+            parts.append(
+                resources[kind].select(
+                    pl.col("_record_key").alias("key"),
+                    pl.lit(element).alias("element"),
+                    pl.col(element).alias("code"),
+                )
+            )
+    for frame in resources.values():
+        if "contained" not in frame.columns:
+            continue
+        contained = frame.select("_record_key", "contained").explode("contained").unnest("contained")
+        contained = contained.filter(pl.col("id").is_not_null())
+        parts.append(
+            contained.select(
+                (pl.col("_record_key") + "#" + pl.col("id")).alias("key"),
+                pl.lit("code").alias("element"),
+                "code",
+            )
+        )
+    if not parts:
+        return pl.DataFrame(
+            schema={"key": pl.Utf8, "element": pl.Utf8, "code": pl.Struct(polars_schema(CodeableConcept))}
+        )
+    return pl.concat(parts, how="vertical_relaxed").unique(
+        ["key", "element"], keep="first", maintain_order=True
+    )
+
+
+def _finish(table: str, frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """One frame per CDM table: every column but the primary key, typed as the CDM says, then the
+    bookkeeping and reference columns."""
+    spec = cdm_schema().table(table)
+    frame = pl.concat(frames, how="diagonal_relaxed")
+    exprs = []
+    for column in spec.columns:
+        if column.primary_key:
+            continue
+        dtype = _POLARS_TYPE.get(column.type, pl.Utf8)
+        value = pl.col(column.name) if column.name in frame.columns else pl.lit(None)
+        value = value.cast(dtype, strict=False)
+        if column.varchar_length:
+            value = value.str.slice(0, column.varchar_length)
+        exprs.append(value.alias(column.name))
+    refs = sorted(c for c in frame.columns if c.startswith("_ref__"))
+    return frame.select(*exprs, *[pl.col(c).cast(t) for c, t in _BOOKKEEPING.items()], *refs)

@@ -1,0 +1,1 @@
+"""Readers: turn source files (FHIR, openEHR) into typed Polars frames with lineage."""

@@ -1,0 +1,366 @@
+"""Read FHIR R4 files of any shape into one staged frame per resource type.
+
+Shapes: a single resource per ``.json`` file; Bundles of every type (entries of transaction, batch
+and history Bundles follow their ``request.method``); Bulk Data NDJSON (``.ndjson``, ``.ndjson.gz``),
+whose ``deleted`` files are Bundles of DELETE entries; folders of any mix, read recursively.
+
+Each record lands in exactly one place: a staged row, a deletion, ``filtered`` (a server reply or a
+Bulk export log event: not source data) or the quarantine (with file, position and reason).
+Position is the entry index in a Bundle (0 for a single resource) and the 1-based line number in
+NDJSON. Decoding runs with the garbage collector paused: decoding allocates many small objects that
+all stay alive until the frame is built, so collections would only rescan them.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import polars as pl
+
+from pipelines.errors import PasserelleError
+from pipelines.mapping.batch import DELETION_SCHEMA, QUARANTINE_SCHEMA
+from pipelines.sources.fhir import model
+
+_SUFFIXES = (".json", ".ndjson", ".ndjson.gz", ".json.gz")
+# Bundle types whose entries are a server's answer, not records to load (FHIR R4 Bundle.type).
+_RESPONSE_BUNDLES = frozenset({"transaction-response", "batch-response"})
+# Request methods that carry no resource to load: a query is not data.
+_QUERY_METHODS = frozenset({"GET", "HEAD"})
+
+_envelope = msgspec.json.Decoder(model.Envelope)
+
+
+class _LogEvent(msgspec.Struct):
+    """A line of a Bulk Data export log (``log.ndjson``): bookkeeping of the export, not a resource."""
+
+    exportId: str
+    eventId: str
+
+
+_log_event = msgspec.json.Decoder(_LogEvent)
+
+
+@dataclass
+class StagedFhir:
+    """What the reader found, as frames. ``resources`` has one frame per resource type with the
+    Struct's elements as columns plus ``_source_file``, ``_position``, ``_record_type``,
+    ``_record_id``, ``_record_version``, ``_record_key`` and ``_scope`` (the Bundle a row came from,
+    for ``urn:uuid:`` references). ``full_urls`` (``_scope``, ``url``, ``key``) and ``identifiers``
+    (``conditional``, ``key``) are what references are resolved against."""
+
+    resources: dict[str, pl.DataFrame]
+    full_urls: pl.DataFrame
+    identifiers: pl.DataFrame
+    quarantine: pl.DataFrame
+    deletions: pl.DataFrame
+    inputs: dict[str, int]
+    filtered: dict[str, int]
+
+
+def discover(paths: list[Path]) -> list[Path]:
+    """Files to read: each file given, and every FHIR-looking file under each folder, sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(_SUFFIXES))
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise PasserelleError(
+                f"{path}: no such file or folder (give FHIR .json/.ndjson files or folders)"
+            )
+    return found
+
+
+def read_fhir(paths: list[Path]) -> StagedFhir:
+    """Read every file (or folder, recursively) into staged frames."""
+    staging = _Staging()
+    with _gc_paused():
+        for path in discover(paths):
+            staging.read_file(path)
+    return staging.finish()
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@dataclass
+class _Columns:
+    """One resource type being collected: its decoded Structs and their lineage, column by column."""
+
+    structs: list = field(default_factory=list)
+    file: list[str] = field(default_factory=list)
+    position: list[int] = field(default_factory=list)
+    record_id: list[str] = field(default_factory=list)
+    version: list[str | None] = field(default_factory=list)
+    scope: list[int] = field(default_factory=list)
+
+
+class _Staging:
+    def __init__(self) -> None:
+        self.columns: dict[str, _Columns] = defaultdict(_Columns)
+        self.quarantine: list[tuple] = []
+        self.deletions: list[tuple[str, str, str]] = []
+        self.full_urls: list[tuple[int, str, str]] = []
+        self.inputs: Counter[str] = Counter()
+        self.filtered: Counter[str] = Counter()
+        self.scopes = 0
+        self.decoder = model.resource_decoder()
+
+    # --- files ------------------------------------------------------------------------------
+
+    def read_file(self, path: Path) -> None:
+        name = str(path)
+        try:
+            data = path.read_bytes()
+            if path.name.lower().endswith(".gz"):
+                data = gzip.decompress(data)
+        except (OSError, EOFError, gzip.BadGzipFile) as error:
+            raise PasserelleError(f"{path}: cannot be read ({error.__class__.__name__}: {error})") from error
+        if path.name.lower().endswith((".ndjson", ".ndjson.gz")):
+            for number, line in enumerate(data.split(b"\n"), start=1):
+                if line.strip():
+                    self.read_record(line, name, number, self._new_scope())
+        else:
+            self.read_record(data, name, 0, self._new_scope())
+
+    def _new_scope(self) -> int:
+        self.scopes += 1
+        return self.scopes
+
+    # --- records ----------------------------------------------------------------------------
+
+    def read_record(
+        self, raw: bytes, file: str, position: int, scope: int, full_url: str | None = None
+    ) -> None:
+        try:
+            resource = self.decoder.decode(raw)
+        except msgspec.DecodeError as error:
+            self._reject(raw, file, position, error)
+            return
+        if isinstance(resource, model.Bundle):
+            self.read_bundle(resource, file, position, scope)
+            return
+        self.take(resource, file, position, scope, full_url)
+
+    def _reject(self, raw: bytes, file: str, position: int, error: msgspec.DecodeError) -> None:
+        try:
+            envelope = _envelope.decode(raw)
+        except msgspec.DecodeError:
+            self._quarantine(file, position, None, None, "malformed_json", f"Not valid JSON: {error}.")
+            return
+        if envelope.resourceType is None and _is_log_event(raw):
+            self.inputs["ExportLogEvent"] += 1
+            self.filtered["ExportLogEvent: Bulk Data export log, not a resource"] += 1
+            return
+        kind = envelope.resourceType if isinstance(envelope.resourceType, str) else None
+        record_id = envelope.id if isinstance(envelope.id, str) else None
+        if envelope.resourceType is None:
+            code, reason = "missing_resource_type", "The JSON object has no resourceType."
+        elif kind not in model.resource_structs():
+            code, reason = "unknown_resource_type", "resourceType is not a FHIR R4 resource type."
+            if kind is not None and kind.isidentifier() and len(kind) <= 64:
+                reason = f"resourceType {kind!r} is not a FHIR R4 resource type."
+        else:
+            code, reason = "invalid_element", f"A {kind} element has the wrong JSON type: {error}."
+        self._quarantine(file, position, kind, record_id, code, reason)
+
+    def read_bundle(self, bundle: model.Bundle, file: str, position: int, scope: int) -> None:
+        entries = bundle.entry or []
+        in_ndjson = position > 0
+        if bundle.type in _RESPONSE_BUNDLES:
+            for entry in entries:
+                if _present(entry.resource):
+                    kind = _kind_of(entry.resource)
+                    self.inputs[kind] += 1
+                    self.filtered[f"{kind}: inside a {bundle.type} Bundle (a server's reply)"] += 1
+            return
+        for index, entry in enumerate(entries):
+            entry_position = position if in_ndjson else index
+            method = (entry.request.method or "").upper() if entry.request else ""
+            if method == "DELETE":
+                target = entry.request.url if entry.request else None
+                if target:
+                    self.deletions.append((_deleted_key(target), "fhir", file))
+                else:
+                    self._quarantine(
+                        file,
+                        entry_position,
+                        None,
+                        None,
+                        "invalid_entry",
+                        "A DELETE entry has no request.url.",
+                    )
+                continue
+            if method in _QUERY_METHODS or not _present(entry.resource):
+                continue
+            self.read_record(entry.resource, file, entry_position, scope, entry.fullUrl)
+
+    def take(
+        self, resource: msgspec.Struct, file: str, position: int, scope: int, full_url: str | None
+    ) -> None:
+        kind = type(resource).__struct_config__.tag
+        self.inputs[kind] += 1
+        record_id = resource.id or _id_from_url(full_url)
+        if not record_id:
+            self._quarantine(
+                file,
+                position,
+                kind,
+                None,
+                "missing_id",
+                f"The {kind} has no id and no fullUrl to name it by.",
+            )
+            return
+        meta = resource.meta
+        version = (meta.versionId or meta.lastUpdated) if meta else None
+        columns = self.columns[kind]
+        columns.structs.append(resource)
+        columns.file.append(file)
+        columns.position.append(position)
+        columns.record_id.append(record_id)
+        columns.version.append(version)
+        columns.scope.append(scope)
+        if full_url:
+            self.full_urls.append((scope, full_url, f"fhir|{kind}/{record_id}"))
+
+    def _quarantine(
+        self, file: str, position: int, kind: str | None, record_id: str | None, code: str, reason: str
+    ) -> None:
+        if kind is None:
+            self.inputs["unknown"] += 1
+        elif code != "missing_id":
+            self.inputs[kind] += 1
+        self.quarantine.append(("fhir", file, position, kind, record_id, code, reason))
+
+    # --- frames -----------------------------------------------------------------------------
+
+    def finish(self) -> StagedFhir:
+        resources = {}
+        for kind, columns in self.columns.items():
+            frame = _frame(kind, columns)
+            # The same resource twice in one load (Synthea repeats practitioners in every bundle, a
+            # transaction may PUT what a file also holds): the last copy read is the current one.
+            latest = frame.select(pl.col("_record_key").is_last_distinct()).to_series()
+            if not latest.all():
+                self.filtered[f"{kind}: an earlier copy of a resource read again later in this load"] += int(
+                    (~latest).sum()
+                )
+                frame = frame.filter(latest)
+            resources[kind] = frame
+        identifiers = _identifiers(resources)
+        deletions = pl.DataFrame(self.deletions, schema=DELETION_SCHEMA, orient="row")
+        # A conditional DELETE names a record by identifier: resolve it when this batch knows it.
+        deletions = (
+            deletions.with_columns(pl.col("_record_key").str.strip_prefix("fhir|").alias("conditional"))
+            .join(identifiers, on="conditional", how="left", maintain_order="left")
+            .select(pl.coalesce("key", "_record_key").alias("_record_key"), "_source_format", "_source_file")
+            .unique(maintain_order=True)
+        )
+        return StagedFhir(
+            resources=resources,
+            full_urls=pl.DataFrame(
+                self.full_urls, schema={"_scope": pl.Int64, "url": pl.Utf8, "key": pl.Utf8}, orient="row"
+            ),
+            identifiers=identifiers,
+            quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA, orient="row"),
+            deletions=deletions,
+            inputs=dict(self.inputs),
+            filtered=dict(self.filtered),
+        )
+
+
+def _frame(kind: str, columns: _Columns) -> pl.DataFrame:
+    struct = model.resource_structs()[kind]
+    frame = pl.DataFrame(msgspec.to_builtins(columns.structs), schema=model.polars_schema(struct))
+    return frame.with_columns(
+        pl.Series("_source_file", columns.file, dtype=pl.Utf8),
+        pl.Series("_position", columns.position, dtype=pl.Int64),
+        pl.lit(kind, dtype=pl.Utf8).alias("_record_type"),
+        pl.Series("_record_id", columns.record_id, dtype=pl.Utf8),
+        pl.Series("_record_version", columns.version, dtype=pl.Utf8),
+        pl.Series("_scope", columns.scope, dtype=pl.Int64),
+    ).with_columns(pl.format("fhir|{}/{}", "_record_type", "_record_id").alias("_record_key"))
+
+
+def _identifiers(resources: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Conditional-reference targets: ``Type?identifier=system|value`` (and ``=value``) -> key."""
+    parts = []
+    for kind, frame in resources.items():
+        if "identifier" not in frame.columns:
+            continue
+        ids = frame.select("_record_key", pl.col("identifier")).explode("identifier").unnest("identifier")
+        ids = ids.filter(pl.col("value").is_not_null())
+        parts.append(
+            ids.select(
+                pl.format(f"{kind}?identifier={{}}|{{}}", "system", "value").alias("conditional"),
+                "_record_key",
+            )
+        )
+        parts.append(
+            ids.select(pl.format(f"{kind}?identifier={{}}", "value").alias("conditional"), "_record_key")
+        )
+    if not parts:
+        return pl.DataFrame(schema={"conditional": pl.Utf8, "key": pl.Utf8})
+    return (
+        pl.concat(parts)
+        .drop_nulls("conditional")
+        .unique("conditional", keep="first", maintain_order=True)
+        .rename({"_record_key": "key"})
+    )
+
+
+def _present(raw: msgspec.Raw) -> bool:
+    return len(raw) > 0 and bytes(raw) != b"null"
+
+
+def _kind_of(raw: bytes) -> str:
+    try:
+        kind = _envelope.decode(raw).resourceType
+    except msgspec.DecodeError:
+        return "unknown"
+    return kind if isinstance(kind, str) and kind in model.resource_structs() else "unknown"
+
+
+def _is_log_event(raw: bytes) -> bool:
+    try:
+        _log_event.decode(raw)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+def _id_from_url(full_url: str | None) -> str | None:
+    """``urn:uuid:X`` -> X; ``http://server/fhir/Patient/123`` -> 123; None otherwise."""
+    if not full_url:
+        return None
+    if full_url.startswith(("urn:uuid:", "urn:oid:")):
+        return full_url.rsplit(":", 1)[1]
+    tail = full_url.rstrip("/").split("/_history/")[0].rsplit("/", 1)
+    return tail[1] if len(tail) == 2 and tail[1] else None
+
+
+def _deleted_key(url: str) -> str:
+    """``Patient/234``, ``http://server/Patient/234/_history/2`` -> ``fhir|Patient/234``; a conditional
+    URL (``Patient?identifier=...``) stays as given and names no record unless the loader knows it."""
+    if "?" in url:
+        return f"fhir|{url}"
+    parts = url.split("/_history/")[0].rstrip("/").split("/")
+    return f"fhir|{parts[-2]}/{parts[-1]}" if len(parts) >= 2 else f"fhir|{url}"
