@@ -34,7 +34,7 @@ def batch_fingerprint(folder: Path) -> str:
 def landing_zone(context: dg.SensorEvaluationContext, settings: PasserelleSettings) -> dg.SensorResult:
     """Each sub-folder of the landing zone is a batch (with fhir/ and/or openehr/ inside). A new or
     changed batch becomes a partition and a run; the run key makes re-detection harmless."""
-    landing = Path(settings.landing)
+    landing = settings.landing_folder
     if not landing.is_dir():
         return dg.SensorResult(skip_reason=f"landing folder {landing} does not exist yet")
     batches = sorted(p for p in landing.iterdir() if p.is_dir() and not p.name.startswith("."))

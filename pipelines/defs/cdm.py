@@ -24,7 +24,7 @@ CLINICAL_TABLES = {
     "location": "Addresses of patients and care sites.",
     "care_site": "Hospitals, wards and practices where care was given.",
     "provider": "Clinicians who gave the care.",
-    "payer_plan_period": "Periods of insurance coverage.",
+    "payer_plan_period": "Periods during which the patient was covered by an insurance plan.",
 }
 
 
@@ -54,7 +54,7 @@ def cdm_tables(context: dg.AssetExecutionContext, settings: PasserelleSettings):
         folder = settings.staged(context.partition_key, source)
         if folder.exists():
             batch = batch.merge(read_batch(folder))
-    targets = open_targets(settings.warehouse, None, None)
+    targets = open_targets(settings.warehouse_path, None, None)
     report = load_batch(batch, targets)
     seconds = round(time.perf_counter() - started, 2)
     for name in CLINICAL_TABLES:

@@ -33,7 +33,7 @@ def derived_tables(settings: PasserelleSettings):
     from pipelines.warehouse.duckdb_file import connect
 
     started = time.perf_counter()
-    with connect(settings.warehouse) as con:
+    with connect(settings.warehouse_path) as con:
         rows = derive_all(con)
     seconds = round(time.perf_counter() - started, 2)
     for name in DERIVED_TABLES:

@@ -1,7 +1,5 @@
 """Exports for OHDSI tools: the CDM as Parquet (Spark, R arrow, DuckDB) and in PostgreSQL (ATLAS)."""
 
-from pathlib import Path
-
 import dagster as dg
 
 from pipelines.defs.settings import PasserelleSettings
@@ -13,12 +11,11 @@ def cdm_exports(context: dg.AssetExecutionContext, settings: PasserelleSettings)
     exactly the CDM v5.4 columns, once the quality checks found no fatal conformance failure."""
     from pipelines.warehouse import export_cdm
 
-    parquet = Path(settings.parquet) if settings.parquet else None
-    postgres = settings.postgres or None
+    parquet, postgres = settings.parquet_folder, settings.postgres_url
     if parquet is None and postgres is None:
         context.log.info("no export target configured (PASSERELLE_PARQUET, PASSERELLE_POSTGRES)")
         return dg.MaterializeResult(metadata={"targets": "none configured"})
-    rows = export_cdm(Path(settings.warehouse), parquet=parquet, postgres=postgres)
+    rows = export_cdm(settings.warehouse_path, parquet=parquet, postgres=postgres)
     return dg.MaterializeResult(
         metadata={
             "targets": ", ".join(

@@ -2,7 +2,6 @@
 
 import json
 import time
-from pathlib import Path
 
 import dagster as dg
 
@@ -34,8 +33,8 @@ def dqd_results(settings: PasserelleSettings):
     from pipelines.warehouse.duckdb_file import connect
 
     started = time.perf_counter()
-    out = Path(settings.quality)
-    with connect(settings.warehouse, read_only=True) as con:
+    out = settings.quality_folder
+    with connect(settings.warehouse_path, read_only=True) as con:
         results = run_dqd(con, out_dir=out)
     statuses = results.status_counts()
     fatal = results.fatal_failures()
@@ -71,7 +70,7 @@ def dqd_results(settings: PasserelleSettings):
 )
 def dqd_table_checks(context: dg.AssetCheckExecutionContext, settings: PasserelleSettings):
     """One check per table, from the DQD results: passes when none of its checks failed."""
-    results = json.loads((Path(settings.quality) / _RESULTS).read_text())
+    results = json.loads((settings.quality_folder / _RESULTS).read_text())
     by_table: dict[str, dict[str, int]] = {t: {} for t in _CHECKED_TABLES}
     for check in results.get("CheckResults", []):
         table = str(check.get("cdmTableName", "")).lower()

@@ -1,10 +1,10 @@
-"""Where things are, as one Dagster resource configured from environment variables.
+"""Where things are, as one Dagster resource; unset fields fall back to environment variables.
 
 PASSERELLE_LANDING (new batches arrive here, one sub-folder per batch), PASSERELLE_STAGING (mapped
 batches wait here for the load), PASSERELLE_WAREHOUSE (the DuckDB file), PASSERELLE_VOCAB (an Athena
-vocabulary folder; empty = the bundled starter vocabulary), PASSERELLE_PARQUET and
-PASSERELLE_POSTGRES (optional exports), PASSERELLE_QUALITY (DQ results), PASSERELLE_TZ (zone of
-times without an offset).
+vocabulary folder; unset = the bundled starter vocabulary), PASSERELLE_PARQUET and PASSERELLE_POSTGRES
+(optional exports), PASSERELLE_QUALITY (DQ results), PASSERELLE_TZ (zone of times without an offset).
+The environment is read when a step runs, not when the code location loads.
 """
 
 import os
@@ -12,29 +12,63 @@ from pathlib import Path
 
 import dagster as dg
 
-
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+_DEFAULTS = {
+    "landing": ("PASSERELLE_LANDING", "data/landing"),
+    "staging": ("PASSERELLE_STAGING", "data/staging"),
+    "warehouse": ("PASSERELLE_WAREHOUSE", "data/omop.duckdb"),
+    "vocab": ("PASSERELLE_VOCAB", ""),
+    "parquet": ("PASSERELLE_PARQUET", ""),
+    "postgres": ("PASSERELLE_POSTGRES", ""),
+    "quality": ("PASSERELLE_QUALITY", "data/quality"),
+    "time_zone": ("PASSERELLE_TZ", "Europe/Paris"),
+}
 
 
 class PasserelleSettings(dg.ConfigurableResource):
     """Folders and targets of one Passerelle deployment."""
 
-    landing: str = _env("PASSERELLE_LANDING", "data/landing")
-    staging: str = _env("PASSERELLE_STAGING", "data/staging")
-    warehouse: str = _env("PASSERELLE_WAREHOUSE", "data/omop.duckdb")
-    vocab: str = _env("PASSERELLE_VOCAB")
-    parquet: str = _env("PASSERELLE_PARQUET")
-    postgres: str = _env("PASSERELLE_POSTGRES")
-    quality: str = _env("PASSERELLE_QUALITY", "data/quality")
-    time_zone: str = _env("PASSERELLE_TZ", "Europe/Paris")
+    landing: str | None = None
+    staging: str | None = None
+    warehouse: str | None = None
+    vocab: str | None = None
+    parquet: str | None = None
+    postgres: str | None = None
+    quality: str | None = None
+    time_zone: str | None = None
+
+    def get(self, name: str) -> str:
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        variable, default = _DEFAULTS[name]
+        return os.environ.get(variable, default)
+
+    @property
+    def landing_folder(self) -> Path:
+        return Path(self.get("landing"))
+
+    @property
+    def warehouse_path(self) -> Path:
+        return Path(self.get("warehouse"))
+
+    @property
+    def quality_folder(self) -> Path:
+        return Path(self.get("quality"))
 
     @property
     def vocab_folder(self) -> Path | None:
-        return Path(self.vocab) if self.vocab else None
+        return Path(self.get("vocab")) if self.get("vocab") else None
+
+    @property
+    def parquet_folder(self) -> Path | None:
+        return Path(self.get("parquet")) if self.get("parquet") else None
+
+    @property
+    def postgres_url(self) -> str | None:
+        return self.get("postgres") or None
 
     def batch_folder(self, batch: str) -> Path:
-        return Path(self.landing) / batch
+        return self.landing_folder / batch
 
     def staged(self, batch: str, source: str) -> Path:
-        return Path(self.staging) / batch / source
+        return Path(self.get("staging")) / batch / source

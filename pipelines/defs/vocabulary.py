@@ -18,8 +18,8 @@ def vocabulary(settings: PasserelleSettings) -> dg.MaterializeResult:
 
     started = time.perf_counter()
     vocab = load_vocabulary(settings.vocab_folder)
-    initialize(settings.warehouse)
-    with connect(settings.warehouse) as con:
+    initialize(settings.warehouse_path)
+    with connect(settings.warehouse_path) as con:
         counts = write_vocabulary(con, vocab)
     return dg.MaterializeResult(
         metadata={
