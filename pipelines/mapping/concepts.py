@@ -20,6 +20,14 @@ from pipelines.vocab import Vocabulary
 from pipelines.vocab.aliases import unit_synonyms, vocabulary_ids
 
 _VOCAB = "__vocabulary_id"
+_COVERAGE_SCHEMA = {
+    "source_vocabulary_id": pl.Utf8,
+    "source_code": pl.Utf8,
+    "target_table": pl.Utf8,
+    "mapped": pl.Boolean,
+    "rows": pl.UInt32,
+    "source_name": pl.Utf8,
+}
 
 
 def resolve_concepts(
@@ -125,6 +133,45 @@ def coverage(
         .with_columns(source_vocabulary_id=pl.coalesce("source_vocabulary_id", system, pl.lit("(none)")))
         .group_by("source_vocabulary_id", "source_code", "target_table", "mapped")
         .agg(rows=pl.len(), source_name=pl.col("source_name").drop_nulls().first())
+    )
+
+
+def batch_coverage(tables: dict[str, pl.DataFrame], vocab: Vocabulary) -> pl.DataFrame:
+    """``coverage`` counts of mapped CDM rows (e.g. ``MappedBatch.tables``), per table and main concept.
+
+    The main concept of a table is its ``<x>_concept_id`` with a ``<x>_source_value`` beside it
+    (condition, drug, measurement, ...). The vocabulary of a code is that of its source concept; codes
+    without one (source_concept_id 0) count under "(unknown)".
+    """
+    parts = []
+    for table, frame in tables.items():
+        for column in frame.columns:
+            stem = column.removesuffix("_source_value")
+            if column == stem or f"{stem}_concept_id" not in frame.columns or stem in ("unit", "value"):
+                continue
+            source_id = f"{stem}_source_concept_id"
+            parts.append(
+                frame.select(
+                    source_code=pl.col(column).cast(pl.Utf8),
+                    source_concept_id=pl.col(source_id).cast(pl.Int32) if source_id in frame.columns else 0,
+                    mapped=pl.col(f"{stem}_concept_id").fill_null(0) != 0,
+                    target_table=pl.lit(table),
+                )
+            )
+    if not parts:
+        return pl.DataFrame(schema=_COVERAGE_SCHEMA)
+    rows = pl.concat(parts, how="vertical_relaxed")
+    vocabularies = (
+        vocab.concept.select(source_concept_id="concept_id", source_vocabulary_id="vocabulary_id")
+        .join(rows.lazy().select("source_concept_id").unique(), on="source_concept_id", how="semi")
+        .collect()
+    )
+    return (
+        rows.join(vocabularies, on="source_concept_id", how="left")
+        .with_columns(pl.col("source_vocabulary_id").fill_null("(unknown)"))
+        .group_by("source_vocabulary_id", "source_code", "target_table", "mapped")
+        .agg(rows=pl.len().cast(pl.UInt32), source_name=pl.lit(None, dtype=pl.Utf8))
+        .select(list(_COVERAGE_SCHEMA))
     )
 
 
