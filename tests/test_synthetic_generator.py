@@ -285,8 +285,7 @@ def test_openehr_pages_are_aql_result_sets_of_canonical_compositions(generated: 
                 entries[entry["archetype_node_id"]] += 1
     assert kinds == {
         "Passerelle person data": aql["compositions"]["person_data"],
-        "Passerelle vital signs": aql["compositions"]["vital_signs"],
-        "Passerelle diagnosis": aql["compositions"]["diagnosis"],
+        "Passerelle encounter": aql["compositions"]["encounter"],
     }
     assert kinds["Passerelle person data"] == 5
     assert dict(entries) == aql["entries"]

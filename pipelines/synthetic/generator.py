@@ -233,7 +233,7 @@ def _write_aql_pages(
             rows.append(orjson.dumps([history.id, composition]))
             kinds[kind] += 1
             entries.update(entry_archetypes(composition))
-            if index == 0 and kind == "vital_signs" and "unknown_rm_type" not in planted:
+            if index == 0 and kind == "encounter" and "unknown_rm_type" not in planted:
                 planted.add("unknown_rm_type")
                 broken.append(
                     _planted(

@@ -1,10 +1,11 @@
 """A person's history as openEHR canonical-JSON COMPOSITIONs (RM 1.0.4), as an AQL query returns them.
 
-Three kinds of composition: one person-data record per EHR (birth date and sex, the way the GECCO
-templates carry them), one vital-signs encounter per visit (blood pressure, pulse, temperature, weight,
-height observations), and one problem/diagnosis record per diagnosis (SNOMED CT coded). The shapes follow
-the canonical compositions of the openEHR CKM archetypes (``_type``, ``archetype_node_id``, ``name``,
-``uid``, ``context``, ``content``, ``data/events``, ``DV_QUANTITY``).
+Two kinds of composition: one persistent person-data record per EHR (birth date and sex, the way the
+GECCO templates carry them; no context, so it makes no visit), and one encounter per visit whose
+context says when and in which care setting, holding the vital signs measured (blood pressure, pulse,
+temperature, weight, height observations) and the diagnoses made (problem/diagnosis, SNOMED CT coded).
+The shapes follow the canonical compositions of the openEHR CKM archetypes (``_type``,
+``archetype_node_id``, ``name``, ``uid``, ``context``, ``content``, ``data/events``, ``DV_QUANTITY``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,7 @@ PROBLEM_DIAGNOSIS = "openEHR-EHR-EVALUATION.problem_diagnosis.v1"
 PERSON_DATA = "openEHR-EHR-ADMIN_ENTRY.person_data.v0"
 BIRTH_DATA = "openEHR-EHR-CLUSTER.person_birth_data_iso.v0"
 GENDER = "openEHR-EHR-EVALUATION.gender.v1"
-TEMPLATES = {
-    "person_data": "Passerelle person data",
-    "vital_signs": "Passerelle vital signs",
-    "diagnosis": "Passerelle diagnosis",
-}
+TEMPLATES = {"person_data": "Passerelle person data", "encounter": "Passerelle encounter"}
 
 _LANGUAGE = {
     "_type": "CODE_PHRASE",
@@ -71,10 +68,7 @@ def ehr_compositions(history: PatientHistory, catalogue: Catalogue) -> Iterator[
     """(kind, composition) for every composition of one EHR; kind is a key of ``TEMPLATES``."""
     yield "person_data", _person_data(history, catalogue)
     for visit in history.visits:
-        if visit.blood_pressure is not None:
-            yield "vital_signs", _vital_signs(visit, catalogue)
-        for diagnosis in visit.diagnoses:
-            yield "diagnosis", _diagnosis(diagnosis, visit, catalogue)
+        yield "encounter", _encounter(visit, catalogue)
 
 
 def entry_archetypes(composition: dict[str, Any]) -> list[str]:
@@ -83,10 +77,7 @@ def entry_archetypes(composition: dict[str, Any]) -> list[str]:
 
 
 def _person_data(history: PatientHistory, catalogue: Catalogue) -> dict[str, Any]:
-    recorded = dt.datetime.combine(
-        history.visits[0].start.date() if history.visits else catalogue.as_of, dt.time(), tzinfo=dt.UTC
-    )
-    person = _entry("ADMIN_ENTRY", PERSON_DATA, "Person data", "Person data") | {
+    person = _entry("ADMIN_ENTRY", PERSON_DATA, "Person data", TEMPLATES["person_data"]) | {
         "data": _tree(
             "at0001",
             "Tree",
@@ -106,7 +97,7 @@ def _person_data(history: PatientHistory, catalogue: Catalogue) -> dict[str, Any
         ),
     }
     sex_terminology = catalogue.openehr_terminologies["sex"]
-    gender = _entry("EVALUATION", GENDER, "Gender", "Person data") | {
+    gender = _entry("EVALUATION", GENDER, "Gender", TEMPLATES["person_data"]) | {
         "data": _tree(
             "at0002",
             "Tree",
@@ -124,67 +115,60 @@ def _person_data(history: PatientHistory, catalogue: Catalogue) -> dict[str, Any
         TEMPLATES["person_data"],
         "Person data",
         _PERSISTENT,
-        recorded,
-        None,
         None,
         [person, gender],
     )
 
 
-def _vital_signs(visit: Visit, catalogue: Catalogue) -> dict[str, Any]:
-    values = {m.quantity.name: m for m in visit.vitals}
-    bp = visit.blood_pressure
-    when = visit.start.isoformat()
-    observations = []
-    for vital, spec in catalogue.openehr_vitals.items():
-        elements = []
-        for name, node in spec["elements"].items():
-            quantity = catalogue.vitals[name]
-            if vital == "blood_pressure":
-                magnitude = bp.systolic if name == "systolic" else bp.diastolic
-            elif name in values:
-                magnitude = values[name].value
-            else:
-                continue
-            elements.append(_element(node, quantity.display, _dv_quantity(magnitude, quantity.unit)))
-        if not elements:
-            continue
-        history_node, event_node, tree_node = spec["nodes"]
-        observations.append(
-            _entry("OBSERVATION", spec["archetype"], spec["name"], TEMPLATES["vital_signs"])
-            | {
-                "data": {
-                    "_type": "HISTORY",
-                    "name": _text("History"),
-                    "archetype_node_id": history_node,
-                    "origin": _date_time(when),
-                    "events": [
-                        {
-                            "_type": "POINT_EVENT",
-                            "name": _text("Any event"),
-                            "archetype_node_id": event_node,
-                            "time": _date_time(when),
-                            "data": _tree(tree_node, "Tree", elements),
-                        }
-                    ],
-                },
-            }
-        )
+def _encounter(visit: Visit, catalogue: Catalogue) -> dict[str, Any]:
+    """One visit: its vital signs, then the diagnoses made during it."""
+    content = _vital_signs(visit, catalogue) + [_diagnosis(d, catalogue) for d in visit.diagnoses]
     setting = catalogue.visit_classes[visit.visit_class]["openehr_setting"]
+    context = _context(visit.start, visit.end, setting)
     return _composition(
-        uuid.UUID(visit.id),
-        ENCOUNTER,
-        TEMPLATES["vital_signs"],
-        "Vital signs",
-        _EVENT,
-        visit.start,
-        visit.end,
-        setting,
-        observations,
+        uuid.UUID(visit.id), ENCOUNTER, TEMPLATES["encounter"], "Encounter", _EVENT, context, content
     )
 
 
-def _diagnosis(diagnosis: Diagnosis, visit: Visit, catalogue: Catalogue) -> dict[str, Any]:
+def _vital_signs(visit: Visit, catalogue: Catalogue) -> list[dict[str, Any]]:
+    values = {m.quantity.name: m.value for m in visit.vitals}
+    if visit.blood_pressure is not None:
+        values["systolic"] = visit.blood_pressure.systolic
+        values["diastolic"] = visit.blood_pressure.diastolic
+    when = visit.start.isoformat()
+    observations = []
+    for spec in catalogue.openehr_vitals.values():
+        elements = [
+            _element(
+                node, catalogue.vitals[name].display, _dv_quantity(values[name], catalogue.vitals[name].unit)
+            )
+            for name, node in spec["elements"].items()
+            if name in values
+        ]
+        if not elements:
+            continue
+        history_node, event_node, tree_node = spec["nodes"]
+        event = {
+            "_type": "POINT_EVENT",
+            "name": _text("Any event"),
+            "archetype_node_id": event_node,
+            "time": _date_time(when),
+            "data": _tree(tree_node, "Tree", elements),
+        }
+        data = {
+            "_type": "HISTORY",
+            "name": _text("History"),
+            "archetype_node_id": history_node,
+            "origin": _date_time(when),
+            "events": [event],
+        }
+        observations.append(
+            _entry("OBSERVATION", spec["archetype"], spec["name"], TEMPLATES["encounter"]) | {"data": data}
+        )
+    return observations
+
+
+def _diagnosis(diagnosis: Diagnosis, catalogue: Catalogue) -> dict[str, Any]:
     condition = diagnosis.condition
     snomed = catalogue.openehr_terminologies["snomed"]
     items = [
@@ -192,24 +176,10 @@ def _diagnosis(diagnosis: Diagnosis, visit: Visit, catalogue: Catalogue) -> dict
         _element("at0077", "Date/time of onset", _date_time(diagnosis.onset.isoformat())),
     ]
     if diagnosis.abatement is not None and diagnosis.abatement <= catalogue.as_of:
-        items.append(
-            _element("at0030", "Date/time of resolution", _date_time(diagnosis.abatement.isoformat()))
-        )
-    evaluation = _entry("EVALUATION", PROBLEM_DIAGNOSIS, "Problem/Diagnosis", TEMPLATES["diagnosis"]) | {
-        "data": _tree("at0001", "Structure", items),
-    }
-    setting = catalogue.visit_classes[visit.visit_class]["openehr_setting"]
-    return _composition(
-        uuid.UUID(diagnosis.id),
-        ENCOUNTER,
-        TEMPLATES["diagnosis"],
-        "Diagnosis",
-        _EVENT,
-        diagnosis.recorded,
-        None,
-        setting,
-        [evaluation],
-    )
+        resolved = _date_time(diagnosis.abatement.isoformat())
+        items.append(_element("at0030", "Date/time of resolution", resolved))
+    evaluation = _entry("EVALUATION", PROBLEM_DIAGNOSIS, "Problem/Diagnosis", TEMPLATES["encounter"])
+    return evaluation | {"data": _tree("at0001", "Structure", items)}
 
 
 def _composition(
@@ -218,17 +188,11 @@ def _composition(
     template: str,
     name: str,
     category: dict,
-    start: dt.datetime,
-    end: dt.datetime | None,
-    setting: list[str] | None,
+    context: dict[str, Any] | None,
     content: list[dict],
 ) -> dict[str, Any]:
-    context: dict[str, Any] = {"_type": "EVENT_CONTEXT", "start_time": _date_time(start.isoformat())}
-    if end is not None:
-        context["end_time"] = _date_time(end.isoformat())
-    code, display = setting or ("238", "other care")
-    context["setting"] = _coded(display, "openehr", code)
-    return {
+    """A COMPOSITION; ``context`` is None for persistent ones (person data), which belong to no visit."""
+    composition = {
         "_type": "COMPOSITION",
         "name": _text(name),
         "uid": {"_type": "OBJECT_VERSION_ID", "value": f"{uid}::{SYSTEM_ID}::1"},
@@ -241,6 +205,19 @@ def _composition(
         "context": context,
         "content": content,
     }
+    if context is None:
+        del composition["context"]
+    return composition
+
+
+def _context(start: dt.datetime, end: dt.datetime | None, setting: list[str]) -> dict[str, Any]:
+    """EVENT_CONTEXT of an event composition: when, and the openEHR care setting (which visit type)."""
+    context: dict[str, Any] = {"_type": "EVENT_CONTEXT", "start_time": _date_time(start.isoformat())}
+    if end is not None:
+        context["end_time"] = _date_time(end.isoformat())
+    code, display = setting
+    context["setting"] = _coded(display, "openehr", code)
+    return context
 
 
 def _entry(rm_type: str, archetype: str, name: str, template: str) -> dict[str, Any]:
