@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import duckdb
 
 from pipelines.cdm.ddl import statements
-from pipelines.cdm.spec import Schema, cdm_schema
+from pipelines.cdm.spec import Schema, Table, cdm_schema
 from pipelines.errors import WarehouseError
 from pipelines.warehouse.cdm_tables import duckdb_type, quoted
 from pipelines.warehouse.targets import ExportManifest
@@ -46,19 +46,19 @@ class PostgresDatabase:
         try:
             with connection.cursor() as cur:
                 self._ensure_tables(cur)
-                for table in cdm_schema().tables:
-                    cur.execute(f"TRUNCATE TABLE {self.schema}.{table.name}")
-                    columns = ", ".join(
-                        f"CAST({quoted(c.name)} AS {duckdb_type(c)}) AS {quoted(c.name)}"
-                        for c in table.columns
-                    )
-                    reader = warehouse.sql(f"SELECT {columns} FROM main.{table.name}").to_arrow_reader(
-                        _BATCH_ROWS
-                    )
-                    cur.adbc_ingest(table.name, reader, mode="append", db_schema_name=self.schema)
+                tables = cdm_schema().tables
+                cur.execute(f"TRUNCATE TABLE {', '.join(f'{self.schema}.{t.name}' for t in tables)}")
+                for table in tables:
                     rows[table.name] = warehouse.execute(
                         f"SELECT count(*) FROM main.{table.name}"
                     ).fetchall()[0][0]
+                    if rows[table.name]:
+                        cur.adbc_ingest(
+                            table.name,
+                            _arrow_batches(warehouse, table),
+                            mode="append",
+                            db_schema_name=self.schema,
+                        )
             connection.commit()
         except adbc.Error as error:
             connection.rollback()
@@ -90,6 +90,14 @@ class PostgresDatabase:
             parts = ("tables", "primary_keys", "indexes")
             for sql in statements(subset, "postgresql", db_schema=self.schema, parts=parts):
                 cur.execute(sql)
+
+
+def _arrow_batches(warehouse: duckdb.DuckDBPyConnection, table: Table):
+    """The table's rows as Arrow batches in CDM types, streamed (never the whole table in memory)."""
+    columns = ", ".join(
+        f"CAST({quoted(c.name)} AS {duckdb_type(c)}) AS {quoted(c.name)}" for c in table.columns
+    )
+    return warehouse.sql(f"SELECT {columns} FROM main.{table.name}").to_arrow_reader(_BATCH_ROWS)
 
 
 def _split_schema(url: str) -> tuple[str, str]:
