@@ -378,10 +378,10 @@ class _Output:
             if name in _CODEABLE and name != "concept":
                 resolved = self.codeable(spec, fan_out=False)
                 # An absent element has no concept (null), an unmapped one has concept 0.
-                absent = resolved["source_value"].is_null()
-                cols[f"{name}_concept_id"] = resolved["concept_id"].zip_with(
-                    ~absent, pl.repeat(None, absent.len(), eager=True, dtype=pl.Int32)
-                )
+                present = resolved["source_value"].is_not_null()
+                cols[f"{name}_concept_id"] = pl.select(
+                    pl.when(present).then(resolved["concept_id"])
+                ).to_series()
                 cols[f"{name}_source_value"] = resolved["source_value"]
             elif name in _DATES:
                 text = self.raw(spec)

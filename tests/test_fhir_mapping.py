@@ -1,0 +1,225 @@
+"""FHIR -> OMOP through mappings/fhir/*.yaml with the starter vocabulary: real samples, real values."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipelines.cdm.spec import cdm_schema
+from pipelines.mapping.batch import MappedBatch
+from pipelines.sources.fhir import map_fhir
+from pipelines.vocab import Vocabulary, load_vocabulary
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "fhir"
+SAMPLE_FILES = sorted(p for p in SAMPLES.rglob("*") if p.is_file() and p.suffix in (".json", ".ndjson"))
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Vocabulary:
+    return load_vocabulary()
+
+
+def _balanced(batch: MappedBatch) -> bool:
+    return sum(batch.inputs.values()) == (
+        sum(batch.mapped.values()) + sum(batch.filtered.values()) + batch.quarantine.height
+    )
+
+
+def _write(path: Path, document: dict) -> Path:
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_sample_file_loads_and_every_record_is_accounted_for(
+    shared: Path, vocab: Vocabulary, path: Path
+) -> None:
+    batch = map_fhir([path], vocab)
+    assert sum(batch.inputs.values()) >= 1
+    assert _balanced(batch), (batch.inputs, batch.mapped, batch.filtered, batch.quarantine)
+
+
+def test_blood_pressure_gives_two_measurements_in_mm_hg(shared: Path, vocab: Vocabulary) -> None:
+    batch = map_fhir([shared / "samples/fhir/hl7_r4_examples/Observation-blood-pressure.json"], vocab)
+    rows = batch.tables["measurement"].sort("_key")
+    assert rows.height == 2 and set(batch.tables) == {"measurement"}
+    assert rows["measurement_source_value"].to_list() == ["8480-6", "8462-4"]  # systolic, diastolic
+    assert rows["measurement_concept_id"].to_list() == [3004249, 3012888]
+    assert rows["value_as_number"].to_list() == [107.0, 60.0]
+    assert rows["unit_source_value"].to_list() == ["mm[Hg]", "mm[Hg]"]
+    assert rows["unit_concept_id"].to_list() == [8876, 8876]
+    assert rows["measurement_type_concept_id"].to_list() == [32817, 32817]
+    assert rows["_key"].to_list() == [
+        "fhir|Observation/blood-pressure|component/0",
+        "fhir|Observation/blood-pressure|component/1",
+    ]
+    assert rows["_ref__person_id"].unique().to_list() == ["fhir|Patient/example"]
+    assert rows["measurement_date"].unique().to_list() == [date(2012, 9, 17)]
+
+
+def test_synthea_bundle_counts_match_the_json(shared: Path, vocab: Vocabulary) -> None:
+    path = next((shared / "samples/fhir/synthea_r4_bundles").glob("Blair_Conroy_*.json"))
+    kinds = [e["resource"]["resourceType"] for e in json.loads(path.read_text())["entry"]]
+    batch = map_fhir([path], vocab)
+    assert batch.tables["person"].height == kinds.count("Patient") == 1
+    assert batch.tables["visit_occurrence"].height == kinds.count("Encounter")
+    condition_rows = pl.concat(
+        [t.filter(pl.col("_record_type") == "Condition").select("_record_key") for t in batch.tables.values()]
+    )
+    assert condition_rows["_record_key"].n_unique() == kinds.count("Condition") == batch.mapped["Condition"]
+    assert batch.filtered["Claim: no mapping (no mappings/fhir/Claim.yaml)"] == kinds.count("Claim")
+    assert batch.quarantine.height == 0
+    assert _balanced(batch)
+
+
+def test_output_frames_carry_cdm_columns_and_types(shared: Path, vocab: Vocabulary) -> None:
+    batch = map_fhir([shared / "samples/fhir/synthea_r4_bundles"], vocab)
+    types = {"integer": pl.Int32, "bigint": pl.Int64, "float": pl.Float64, "date": pl.Date}
+    for name, frame in batch.tables.items():
+        table = cdm_schema().table(name)
+        expected = [c.name for c in table.columns if not c.primary_key]
+        assert frame.columns[: len(expected)] == expected
+        for column in table.columns:
+            if column.type in types and not column.primary_key:
+                assert frame.schema[column.name] == types[column.type], (name, column.name)
+        assert frame["_key"].is_unique().all(), name
+
+
+def test_patient_race_ethnicity_birth_and_death(shared: Path, vocab: Vocabulary) -> None:
+    path = next((shared / "samples/fhir/synthea_r4_bundles").glob("Barney_Abbott_*.json"))
+    batch = map_fhir([path], vocab)
+    person = batch.tables["person"].row(0, named=True)
+    assert (person["gender_concept_id"], person["race_concept_id"], person["ethnicity_concept_id"]) == (
+        8507,
+        8527,
+        38003564,
+    )
+    assert (person["year_of_birth"], person["month_of_birth"], person["day_of_birth"]) == (1964, 3, 18)
+    assert person["_ref__location_id"] == person["_record_key"] + "|address"
+    death = batch.tables["death"].row(0, named=True)
+    assert str(death["death_date"]) == "1989-02-15" and death["death_type_concept_id"] == 32817
+
+
+def test_partial_birth_date_keeps_its_precision(tmp_path: Path, vocab: Vocabulary) -> None:
+    path = _write(tmp_path / "p.json", {"resourceType": "Patient", "id": "y", "birthDate": "1974"})
+    person = map_fhir([path], vocab).tables["person"].row(0, named=True)
+    assert (person["year_of_birth"], person["month_of_birth"], person["day_of_birth"]) == (1974, None, None)
+
+
+def _condition(code: dict, **extra) -> dict:
+    return {
+        "resourceType": "Condition",
+        "id": extra.pop("id", "c1"),
+        "subject": {"reference": "Patient/p1"},
+        "onsetDateTime": "2020-05-04",
+        "code": code,
+        **extra,
+    }
+
+
+def test_domain_routing_sends_a_condition_coded_as_a_measurement_to_measurement(
+    tmp_path: Path, vocab: Vocabulary
+) -> None:
+    code = {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}
+    batch = map_fhir([_write(tmp_path / "c.json", _condition(code))], vocab)
+    assert set(batch.tables) == {"measurement"}
+    assert batch.tables["measurement"]["measurement_concept_id"].to_list() == [3004249]
+
+
+def test_coding_priority_standard_first_and_source_value_keeps_the_chosen_code(
+    tmp_path: Path, vocab: Vocabulary
+) -> None:
+    code = {
+        "coding": [
+            {"system": "http://example.org/local", "code": "DM2", "userSelected": True},
+            {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11"},
+            {"system": "http://snomed.info/sct", "code": "44054006"},
+        ]
+    }
+    rows = map_fhir([_write(tmp_path / "c.json", _condition(code))], vocab).tables["condition_occurrence"]
+    assert rows.select("condition_concept_id", "condition_source_value", "condition_source_concept_id").row(
+        0
+    ) == (
+        201826,
+        "44054006",
+        201826,
+    )
+
+
+def test_one_code_mapping_to_two_standard_concepts_gives_two_rows(tmp_path: Path, vocab: Vocabulary) -> None:
+    code = {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I48"}]}
+    rows = map_fhir([_write(tmp_path / "c.json", _condition(code))], vocab).tables["condition_occurrence"]
+    assert sorted(rows["condition_concept_id"].to_list()) == [313217, 314665]
+    assert sorted(rows["_key"].to_list()) == ["fhir|Condition/c1|313217", "fhir|Condition/c1|314665"]
+    assert rows["condition_source_concept_id"].unique().to_list() == [1569170]
+
+
+def test_unmapped_code_keeps_concept_0_and_its_source_value(tmp_path: Path, vocab: Vocabulary) -> None:
+    code = {"coding": [{"system": "http://example.org/local", "code": "XYZ-1"}]}
+    rows = map_fhir([_write(tmp_path / "c.json", _condition(code))], vocab).tables["condition_occurrence"]
+    assert rows.select("condition_concept_id", "condition_source_value").row(0) == (0, "XYZ-1")
+
+
+def test_verification_status_rules(tmp_path: Path, vocab: Vocabulary) -> None:
+    def status(value: str) -> dict:
+        return {"coding": [{"code": value}]}
+
+    code = {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}
+    for i, value in enumerate(["refuted", "entered-in-error", "provisional", "confirmed"]):
+        _write(tmp_path / f"c{i}.json", _condition(code, id=f"c{i}", verificationStatus=status(value)))
+    batch = map_fhir([tmp_path], vocab)
+    assert batch.filtered == {"Condition: verificationStatus refuted or entered-in-error": 2}
+    assert batch.tables["observation"]["_record_id"].to_list() == ["c2"]  # provisional -> observation
+    assert batch.tables["condition_occurrence"]["_record_id"].to_list() == ["c3"]
+
+
+def test_contained_medication_gives_the_drug_code(shared: Path, vocab: Vocabulary) -> None:
+    batch = map_fhir([shared / "samples/fhir/hl7_r4_examples/MedicationRequest-medrx0302.json"], vocab)
+    row = batch.tables["drug_exposure"].row(0, named=True)
+    assert row["drug_source_value"] == "324252006"  # the contained Medication's SNOMED code
+    assert row["drug_type_concept_id"] == 32838
+    assert str(row["drug_exposure_start_date"]) == "2015-01-15"
+
+
+def test_intent_policy_filters_proposals_and_keeps_orders(tmp_path: Path, vocab: Vocabulary) -> None:
+    for intent in ("order", "proposal", "plan"):
+        _write(
+            tmp_path / f"{intent}.json",
+            {
+                "resourceType": "MedicationRequest",
+                "id": intent,
+                "status": "active",
+                "intent": intent,
+                "subject": {"reference": "Patient/p1"},
+                "authoredOn": "2021-01-02",
+                "medicationCodeableConcept": {"text": "aspirin"},
+            },
+        )
+    batch = map_fhir([tmp_path], vocab)
+    assert batch.tables["drug_exposure"]["_record_id"].to_list() == ["order"]
+    assert batch.tables["drug_exposure"]["drug_source_value"].to_list() == ["aspirin"]
+    assert batch.filtered == {
+        "MedicationRequest: intent is not an order (proposal, plan, directive or option)": 2
+    }
+
+
+def test_bulk_export_maps_and_deletes_nothing(shared: Path, vocab: Vocabulary) -> None:
+    folder = shared / "samples/fhir/ndjson_bulk_export"
+    patients = len((folder / "Patient.000.ndjson").read_text().splitlines())
+    batch = map_fhir([folder], vocab)
+    assert batch.tables["person"].height == patients == 3
+    visits = batch.tables["visit_occurrence"]
+    assert visits["_ref__provider_id"].str.starts_with("fhir|Practitioner/").all()
+    assert not visits["_ref__provider_id"].str.contains("?", literal=True).any()
+    assert batch.deletions.height == 0
+    assert _balanced(batch)
+
+
+def test_immunization_not_done_is_filtered(shared: Path, vocab: Vocabulary) -> None:
+    batch = map_fhir([shared / "samples/fhir/hl7_r4_examples/Immunization-notGiven.json"], vocab)
+    assert batch.tables == {}
+    assert batch.filtered == {"Immunization: status not-done or entered-in-error (no vaccine was given)": 1}
