@@ -1,0 +1,233 @@
+"""Run the DQD checks natively on a CDM v5.4 database: DuckDB, or PostgreSQL through sqlglot.
+
+Tables and fields are looked up once in the database catalogue (that answers cdmTable and cdmField,
+and keeps checks on missing tables out of the SQL: DQD reports them Not Applicable). The other checks
+run batched, one scan per table (pipelines/quality/sql.py); a batch that fails is re-run check by
+check so that only the broken checks are reported as errors.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import duckdb
+
+from pipelines.errors import PasserelleError
+from pipelines.quality.catalogue import Check, load_catalogue
+from pipelines.quality.results import CheckResult, DqdResults
+from pipelines.quality.sql import CheckSql, batches, render, transpile
+from pipelines.quality.status import evaluate
+
+
+class _Database(Protocol):
+    dialect: str
+
+    def rows(self, sql: str) -> list[tuple]: ...
+
+    def columns(self, schema: str) -> dict[str, set[str]]: ...
+
+
+def run_dqd(
+    con: duckdb.DuckDBPyConnection | str,
+    *,
+    cdm_schema: str = "main",
+    vocab_schema: str | None = None,
+    out_dir: Path | None = None,
+    cdm_version: str = "5.4",
+    excluded_tables: list[str] | None = None,
+    check_names: list[str] | None = None,
+) -> DqdResults:
+    """Run DQD's default suite (or ``check_names``) on a CDM; write JSON and HTML into ``out_dir``.
+
+    ``con`` is a DuckDB connection or a ``postgresql://`` URL. ``excluded_tables=None`` skips the
+    vocabulary tables, as DQD does by default.
+    """
+    started = datetime.now()
+    database = _PostgresDatabase(con) if isinstance(con, str) else _DuckDatabase(con)
+    vocab_schema = vocab_schema or cdm_schema
+    try:
+        metadata = _cdm_source(database, cdm_schema)
+        catalogue = load_catalogue(cdm_version)
+        metadata["dqdVersion"] = catalogue.dqd_version
+        checks = catalogue.select(excluded_tables=excluded_tables, check_names=check_names)
+        present = database.columns(cdm_schema)
+        if vocab_schema != cdm_schema:
+            present.update({t: c for t, c in database.columns(vocab_schema).items() if t not in present})
+        rendered = [
+            render(c, cdm_schema=cdm_schema, vocab_schema=vocab_schema, table_schemas=catalogue.table_schemas)
+            for c in checks
+        ]
+        results = {id(item.check): _result(item, database.dialect) for item in rendered}
+        runnable = []
+        for item in rendered:
+            outcome = _existence(item.check, present)
+            if outcome is not None:
+                results[id(item.check)].num_violated_rows = outcome
+                results[id(item.check)].pct_violated_rows = float(outcome)
+                results[id(item.check)].num_denominator_rows = 1
+                results[id(item.check)].execution_seconds = 0.0
+            elif _present(item.check, present):
+                runnable.append(item)
+        for sql, members in batches(runnable):
+            _run_batch(database, sql, members, results)
+    finally:
+        database.close()
+    ordered = [results[id(item.check)] for item in rendered]
+    evaluate(ordered)
+    outcome = DqdResults(results=ordered, metadata=metadata, started=started, ended=datetime.now())
+    if out_dir is not None:
+        from pipelines.quality.report_html import write_html_report
+        from pipelines.quality.results_json import write_results_json
+
+        write_results_json(outcome, out_dir)
+        write_html_report(outcome, out_dir)
+    return outcome
+
+
+def _result(item: CheckSql, dialect: str) -> CheckResult:
+    return CheckResult(check=item.check, query_text=item.standalone(dialect))
+
+
+def _existence(check: Check, present: dict[str, set[str]]) -> int | None:
+    """cdmTable / cdmField: 0 violated when present, 1 when missing; None for other checks."""
+    if check.name == "cdmTable":
+        return int(check.table not in present)
+    if check.name == "cdmField":
+        return int(check.field not in present.get(check.table, set()))
+    return None
+
+
+def _present(check: Check, present: dict[str, set[str]]) -> bool:
+    if check.table not in present:
+        return False
+    return check.field is None or check.field in present[check.table]
+
+
+def _run_batch(
+    database: _Database, sql: str, members: list[CheckSql], results: dict[int, CheckResult]
+) -> None:
+    start = time.perf_counter()
+    try:
+        row = database.rows(transpile(sql, database.dialect))[0]
+    except Exception:
+        for item in members:
+            _run_one(database, item, results[id(item.check)])
+        return
+    seconds = (time.perf_counter() - start) / len(members)
+    for i, item in enumerate(members):
+        _record(results[id(item.check)], int(row[2 * i]), int(row[2 * i + 1]), seconds)
+
+
+def _run_one(database: _Database, item: CheckSql, result: CheckResult) -> None:
+    start = time.perf_counter()
+    try:
+        violated, _, denominator = database.rows(item.standalone(database.dialect))[0]
+    except Exception as error:
+        result.error = _first_line(error)
+        result.execution_seconds = time.perf_counter() - start
+        return
+    _record(result, int(violated), int(denominator), time.perf_counter() - start)
+
+
+def _record(result: CheckResult, violated: int, denominator: int, seconds: float) -> None:
+    result.num_violated_rows = violated
+    result.num_denominator_rows = denominator
+    result.pct_violated_rows = violated / denominator if denominator else 0.0
+    result.execution_seconds = seconds
+
+
+def _cdm_source(database: _Database, schema: str) -> dict[str, object]:
+    """The first cdm_source row, camelCased (DQD's Metadata); an error when there is none."""
+    if "cdm_source" not in database.columns(schema):
+        raise PasserelleError(
+            f"schema {schema!r} has no cdm_source table: is this an OMOP CDM v5.4 database?"
+        )
+    rows = database.rows(f"SELECT * FROM {schema}.cdm_source LIMIT 1")
+    if not rows:
+        raise PasserelleError(
+            "cdm_source is empty: the DQD results need one row describing this CDM "
+            "(`passerelle derive --warehouse PATH` fills it, or insert it yourself)"
+        )
+    names = database.column_order(schema, "cdm_source")
+    return {_camel(name): _plain(value) for name, value in zip(names, rows[0], strict=True)}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _plain(value: object) -> object:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _first_line(error: Exception) -> str:
+    return re.sub(r"\s+", " ", str(error)).strip()[:1000]
+
+
+class _DuckDatabase:
+    dialect = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con.cursor()
+
+    def rows(self, sql: str) -> list[tuple]:
+        return self._con.execute(sql).fetchall()
+
+    def columns(self, schema: str) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for table, column in self.rows(
+            "SELECT lower(table_name), lower(column_name) FROM information_schema.columns "
+            f"WHERE table_schema = '{_literal(schema)}' AND table_catalog = current_database()"
+        ):
+            found.setdefault(table, set()).add(column)
+        return found
+
+    def column_order(self, schema: str, table: str) -> list[str]:
+        return [r[0] for r in self._con.execute(f"SELECT * FROM {schema}.{table} LIMIT 0").description]
+
+    def close(self) -> None:
+        self._con.close()
+
+
+class _PostgresDatabase:
+    dialect = "postgres"
+
+    def __init__(self, url: str) -> None:
+        import adbc_driver_postgresql.dbapi as pg
+
+        try:
+            self._con = pg.connect(url)
+        except Exception as error:
+            raise PasserelleError(f"cannot connect to PostgreSQL: {_first_line(error)}") from error
+        self._con.adbc_connection.set_autocommit(True)
+
+    def rows(self, sql: str) -> list[tuple]:
+        with self._con.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchall()
+
+    def columns(self, schema: str) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for table, column in self.rows(
+            "SELECT lower(table_name), lower(column_name) FROM information_schema.columns "
+            f"WHERE table_schema = '{_literal(schema)}'"
+        ):
+            found.setdefault(table, set()).add(column)
+        return found
+
+    def column_order(self, schema: str, table: str) -> list[str]:
+        with self._con.cursor() as cursor:
+            cursor.execute(f"SELECT * FROM {schema}.{table} LIMIT 0")
+            return [d[0] for d in cursor.description]
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _literal(text: str) -> str:
+    return text.replace("'", "''")
