@@ -142,7 +142,7 @@ def _make_backend(kind: str, tmp_path: Path, request) -> Backend:
     return _postgres_backend(tmp_path, request.getfixturevalue("postgres_url"))
 
 
-@pytest.fixture(params=["duckdb", "parquet", "postgres"])
+@pytest.fixture(params=["duckdb", "parquet", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request, tmp_path: Path) -> Backend:
     return _make_backend(request.param, tmp_path, request)
 
@@ -393,7 +393,7 @@ def test_every_row_leads_back_to_its_file_and_position(backend: Backend) -> None
     "kind",
     [
         "duckdb",
-        "postgres",
+        pytest.param("postgres", marks=pytest.mark.postgres),
         pytest.param(
             "parquet",
             marks=pytest.mark.xfail(

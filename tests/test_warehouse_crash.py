@@ -1,0 +1,96 @@
+"""A load killed midway (SIGKILL, no chance to clean up) leaves the previous warehouse state intact."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from pipelines.warehouse import load_batch, open_targets
+from tests.test_warehouse_conformance import first_batch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The child loads 2,000 persons and 300,000 heart-rate measurements in one batch, logging each table
+# as it goes; the parent kills it once the persons are in (inside the transaction).
+_CHILD = """
+import datetime as dt, logging, sys
+from pathlib import Path
+import polars as pl
+from pipelines.mapping.batch import MappedBatch
+from pipelines.warehouse import load_batch, open_targets
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+n_persons, n_measurements = 2_000, 300_000
+lineage = lambda n, kind: {
+    "_source_format": ["fhir"] * n, "_source_file": ["big.ndjson"] * n,
+    "_position": list(range(n)), "_record_type": [kind] * n,
+}
+persons = pl.DataFrame({
+    "_key": [f"fhir|Patient/big-{i}" for i in range(n_persons)],
+    "gender_concept_id": [8507, 8532] * (n_persons // 2), "year_of_birth": [1960] * n_persons,
+    "race_concept_id": [0] * n_persons, "ethnicity_concept_id": [0] * n_persons,
+    **lineage(n_persons, "Patient"),
+}).with_columns(pl.col("_key").alias("_record_key"))
+measurements = pl.DataFrame({
+    "_key": [f"fhir|Observation/big-{i}" for i in range(n_measurements)],
+    "_ref__person_id": [f"fhir|Patient/big-{i % n_persons}" for i in range(n_measurements)],
+    "measurement_concept_id": [3027018] * n_measurements,
+    "measurement_date": [dt.date(2024, 1, 1)] * n_measurements,
+    "measurement_type_concept_id": [32817] * n_measurements,
+    "value_as_number": [float(60 + i % 40) for i in range(n_measurements)],
+    **lineage(n_measurements, "Observation"),
+}).with_columns(pl.col("_key").alias("_record_key"))
+batch = MappedBatch(tables={"person": persons, "measurement": measurements})
+load_batch(batch, open_targets(Path(sys.argv[1]), None, None), run_id=2)
+print("finished", flush=True)
+"""
+
+_SIDE_TABLES = ("id_map", "lineage", "quarantine", "run_log")
+
+
+def _snapshot(path: Path) -> dict[str, pl.DataFrame]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = {t: con.sql(f"SELECT * FROM main.{t} ORDER BY ALL").pl() for t in ("person", "measurement")}
+        for t in _SIDE_TABLES:
+            tables[t] = con.sql(f"SELECT * FROM passerelle.{t} ORDER BY ALL").pl()
+    return tables
+
+
+@pytest.mark.slow
+def test_a_load_killed_midway_leaves_the_previous_state(warehouse_path: Path) -> None:
+    load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=1)
+    before = _snapshot(warehouse_path)
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(warehouse_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in child.stderr:
+        seen.append(line)
+        if line.startswith("person:"):
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait()
+    rest = child.stdout.read() + child.stderr.read()
+    assert child.returncode == -signal.SIGKILL, "".join(seen) + rest
+    assert seen[-1].startswith("person: 2000 rows inserted")
+    assert "committed" not in rest and "finished" not in rest
+
+    after = _snapshot(warehouse_path)
+    for name, frame in before.items():
+        assert after[name].equals(frame), name
+    assert after["person"].height == 2 and after["measurement"].height == 3
+
+    # The warehouse is still writable and the next load carries on from the previous ids.
+    report = load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=3)
+    assert report.new_ids == {"person": 0, "visit_occurrence": 0, "measurement": 0}
