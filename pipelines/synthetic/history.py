@@ -14,12 +14,13 @@ import datetime as dt
 import itertools
 import math
 import random
-import uuid
 from dataclasses import dataclass, field
 
 from pipelines.synthetic.catalogue import Catalogue, Condition, Quantity
 
-_DAY = dt.timedelta(days=1)
+# RFC 4122 version 4: version nibble 0100 (bits 76-79), variant 10 (bits 62-63)
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 @dataclass(slots=True)
@@ -108,7 +109,11 @@ class _Simulation:
         self.rng = rng
 
     def new_id(self) -> str:
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        """A random (version 4) UUID from the seeded generator; what ``uuid.UUID(int=n, version=4)``
+        gives, written out directly because it is called for every record."""
+        n = (self.rng.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET
+        h = f"{n:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def run(self) -> PatientHistory:
         cat, rng = self.cat, self.rng
