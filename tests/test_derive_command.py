@@ -66,7 +66,7 @@ def test_derive_rebuilds_a_foreign_cdm_and_prints_rows_per_table(foreign_cdm):
         assert con.execute(
             "SELECT observation_period_start_date::VARCHAR, observation_period_end_date::VARCHAR"
             " FROM observation_period ORDER BY 1"
-        ).fetchall() == [("2018-03-01", "2018-06-02"), ("2021-01-10", "2021-02-01")]
+        ).fetchall() == [("2018-03-01", "2018-06-02"), ("2021-01-10", "2021-03-11")]
         assert con.execute(
             "SELECT drug_concept_id, drug_era_start_date::VARCHAR, drug_era_end_date::VARCHAR FROM drug_era"
         ).fetchall() == [(1308216, "2018-03-05", "2018-04-03")]

@@ -55,7 +55,7 @@ def cdm(warehouse_path: Path) -> duckdb.DuckDBPyConnection:
         [{"person_id": 3, "condition_start_date": d("2019-02-01"), "condition_end_date": None}],
     )
     insert(con, "procedure_occurrence", [{"person_id": 3, "procedure_date": d("2022-06-01")}])
-    # 4: death 2020-06-10 before the last event (drug until 2020-06-30): the period keeps its events
+    # 4: death 2020-06-10 before the last event (drug until 2020-06-30): death + 60 days comes first
     insert(con, "condition_occurrence", [{"person_id": 4, "condition_start_date": d("2020-05-01")}])
     insert(
         con,
@@ -69,7 +69,7 @@ def cdm(warehouse_path: Path) -> duckdb.DuckDBPyConnection:
         ],
     )
     insert(con, "death", [{"person_id": 4, "death_date": d("2020-06-10")}])
-    # 5: death 22 days after the last event stops the 60-day extension
+    # 5: death 22 days after the last event: last event + 60 days comes first
     insert(
         con,
         "visit_occurrence",
@@ -96,8 +96,8 @@ def test_gaps_extension_and_caps_give_the_ohdsi_ehr_periods(cdm):
         (2, d("2020-01-01"), d("2020-03-03"), 32882),
         (2, d("2021-07-04"), d("2021-09-02"), 32882),
         (3, d("2019-01-01"), d("2022-07-31"), 32882),
-        (4, d("2020-05-01"), d("2020-06-30"), 32882),
-        (5, d("2020-01-10"), d("2020-02-01"), 32882),
+        (4, d("2020-05-01"), d("2020-08-09"), 32882),
+        (5, d("2020-01-10"), d("2020-03-10"), 32882),
         (6, d("2024-12-20"), d("2025-01-01"), 32882),
     ]
     assert counts["observation_period"] == 7
@@ -152,18 +152,25 @@ def test_rebuilding_some_persons_keeps_the_others_rows_and_ids(cdm):
 
 def test_the_rule_parameters_come_from_the_rules_file(cdm):
     rules = load_rules()
-    shorter = dataclasses.replace(
+    stricter = dataclasses.replace(
         rules,
         observation_period=dataclasses.replace(
-            rules.observation_period, end_extension_days=0, split_gap_days=365
+            rules.observation_period, end_extension_days=0, death_extension_days=0, split_gap_days=365
         ),
     )
-    derive_all(cdm, extraction_date=EXTRACTION, rules=shorter)
+    derive_all(cdm, extraction_date=EXTRACTION, rules=stricter)
 
-    assert rows(cdm, PERIODS)[:3] == [
+    assert rows(cdm, PERIODS) == [
         (1, d("2020-01-01"), d("2020-01-03"), 32882),
         (1, d("2021-07-03"), d("2021-07-03"), 32882),
         (2, d("2020-01-01"), d("2020-01-03"), 32882),
+        (2, d("2021-07-04"), d("2021-07-04"), 32882),
+        (3, d("2019-01-01"), d("2021-01-01"), 32882),
+        (3, d("2022-06-01"), d("2022-06-01"), 32882),
+        # stopped at death, but never before the person's own last event
+        (4, d("2020-05-01"), d("2020-06-30"), 32882),
+        (5, d("2020-01-10"), d("2020-01-10"), 32882),
+        (6, d("2024-12-20"), d("2024-12-20"), 32882),
     ]
 
 

@@ -140,7 +140,8 @@ def _expected_periods(sample_events: dict[str, list[dict]]) -> list[tuple]:
         periods.append((person_id, first, last))
     capped = []
     for person_id, first, last in periods:
-        limit = min(d for d in (last + dt.timedelta(days=60), deaths.get(person_id), EXTRACTION) if d)
+        death_limit = deaths[person_id] + dt.timedelta(days=60) if person_id in deaths else None
+        limit = min(d for d in (last + dt.timedelta(days=60), death_limit, EXTRACTION) if d)
         capped.append((person_id, first, max(last, limit)))
     return capped
 
@@ -156,11 +157,11 @@ def test_sample_cdm_periods_match_the_rule_and_stop_at_death(cdm, sample_events)
     assert derived == _expected_periods(sample_events)
     assert {person_id for person_id, *_ in derived} == {1, 2, 3}
     assert counts["observation_period"] == len(derived)
-    # the one deceased patient (Barney Abbott, died 1989-02-15); Synthea records his visits until
-    # 1989-02-22: the period keeps them, and is not extended past them
+    # the one deceased patient (Barney Abbott, died 1989-02-15; Synthea records visits until
+    # 1989-02-22): death + 60 days comes before last event + 60 days
     assert rows(cdm, "SELECT person_id, death_date FROM death") == [(1, dt.date(1989, 2, 15))]
     last_ends = "SELECT max(observation_period_end_date) FROM observation_period WHERE person_id = ?"
-    assert cdm.execute(last_ends, [1]).fetchall() == [(dt.date(1989, 2, 22),)]
+    assert cdm.execute(last_ends, [1]).fetchall() == [(dt.date(1989, 4, 16),)]
     # Elisha Bradtke's last event is on 2021-03-24: the extraction date stops the 60-day extension
     assert cdm.execute(last_ends, [3]).fetchall() == [(EXTRACTION,)]
 

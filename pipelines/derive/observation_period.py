@@ -2,9 +2,10 @@
 
 A person's events (every table listed in the rules, start..end) are sorted; a new period starts when
 the next event begins ``split_gap_days`` or more after the latest end seen so far. A period runs from
-its first event to its last event end, extended by ``end_extension_days`` but never past death nor
-past the extraction date. The cap never cuts an event off: a period always covers its own events
-(events after death or after extraction stay visible to the data-quality checks instead).
+its first event to the first of: its last event end + ``end_extension_days``, death +
+``death_extension_days``, the extraction date. The cap never cuts an event off: a period always
+covers its own events, so no recorded event falls outside observation (events long after death or
+after the extraction date are the data-quality checks' to report, not ours to hide).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def rebuild_observation_period(
         SELECT s.person_id,
                s.start_date AS observation_period_start_date,
                greatest(s.end_date,
-                        least(s.end_date + {rule.end_extension_days}, d.death_date,
+                        least(s.end_date + {rule.end_extension_days},
+                              d.death_date + {rule.death_extension_days},
                               DATE '{extraction_date.isoformat()}')) AS observation_period_end_date,
                {rule.period_type_concept_id} AS period_type_concept_id
         FROM ({spans}) AS s LEFT JOIN ({death}) AS d USING (person_id)

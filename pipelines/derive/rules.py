@@ -19,6 +19,7 @@ from pipelines.project_files import data_dir
 @dataclass(frozen=True)
 class ObservationPeriodRule:
     end_extension_days: int
+    death_extension_days: int
     split_gap_days: int
     extraction_date: dt.date | None
     period_type_concept_id: int
@@ -67,6 +68,7 @@ def load_rules(path: Path | None = None) -> DerivationRules:
         rules = DerivationRules(
             observation_period=ObservationPeriodRule(
                 end_extension_days=_days(period["end_extension_days"]),
+                death_extension_days=_days(period["death_extension_days"]),
                 split_gap_days=_days(period["split_gap_days"]),
                 extraction_date=_date(period.get("extraction_date")),
                 period_type_concept_id=int(period["period_type_concept_id"]),
