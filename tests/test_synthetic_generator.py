@@ -400,6 +400,13 @@ def test_too_few_patients_is_a_user_error(tmp_path: Path) -> None:
         generate(tmp_path, 2)
 
 
+def test_an_output_path_that_is_a_file_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with pytest.raises(PasserelleError, match="not-a-folder"):
+        generate(blocker, 3)
+
+
 def test_cli_generate_writes_the_sources_and_prints_a_summary(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["generate", "--patients", "6", "--out", str(tmp_path), "--seed", "9"])
     assert result.exit_code == 0, result.output

@@ -75,9 +75,12 @@ def generate(
     if bundle_size < 1 or page_size < 1:
         raise PasserelleError("bundle size and page size must be at least 1")
     out_dir = Path(out_dir)
-    for sub in _SOURCE_FOLDERS:
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-        (out_dir / sub).mkdir(parents=True)
+    try:
+        for sub in _SOURCE_FOLDERS:
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+            (out_dir / sub).mkdir(parents=True)
+    except OSError as error:
+        raise PasserelleError(f"cannot write synthetic sources into {out_dir}: {error.strerror}") from error
     catalogue = load_catalogue()
     n_bundle = math.ceil(patients / 2)
     n_bulk = math.ceil((patients - n_bundle) / 2)
