@@ -30,7 +30,6 @@ import yaml
 
 from pipelines.mapping.omocl.grammar import CUSTOM, INCLUDE, ROW_TABLES, Alternative, OmoclFile, RowMapping
 from pipelines.project_files import data_dir
-from pipelines.sources.openehr.flatten import ENTRY_TYPES
 
 _SEGMENT = re.compile(r"/([^/\[#]+)(?:\[([^\]]*)\])?(?:#(\d+))?")
 _PATTERN = re.compile(r"^([A-Za-z_]+)(?:\[([^\]]*)\])?$")
@@ -126,7 +125,7 @@ class _Tree:
             self.by_path[row["node_path"]] = row
 
     def entries(self) -> list[dict]:
-        return [r for r in self.rows if not r["is_element"] and r["rm_type"] in ENTRY_TYPES]
+        return [r for r in self.rows if not r["is_element"] and r["node_path"] == r["entry_path"]]
 
     def context(self) -> dict | None:
         return self.by_path.get("/context")
