@@ -85,6 +85,7 @@ class DuckDbFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.name, self.location = "warehouse", str(self.path)
         self.description = f"DuckDB {self.path}"
 
     def open(self) -> duckdb.DuckDBPyConnection:

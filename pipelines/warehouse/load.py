@@ -13,6 +13,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import duckdb
 import polars as pl
@@ -23,7 +24,10 @@ from pipelines.mapping.batch import MappedBatch
 from pipelines.warehouse import staging
 from pipelines.warehouse.cdm_tables import load_order, quoted, row_hash_sql
 from pipelines.warehouse.duckdb_file import SIDE_SCHEMA
-from pipelines.warehouse.targets import Target, export_cdm, system_of_record, warehouse_vocabulary_version
+from pipelines.warehouse.targets import Target, store_all, system_of_record, warehouse_vocabulary_version
+
+if TYPE_CHECKING:  # pipelines.vocab imports the warehouse package: no import cycle at run time
+    from pipelines.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,12 @@ class LoadReport:
     records_loaded: int = 0  # source records with rows in this batch
     records_deleted: int = 0  # deletions that removed rows
     exported: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> rows per table
+    outputs: dict[str, str] = field(default_factory=dict)  # where the CDM now is, e.g. {"parquet": DIR}
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows written per CDM table."""
+        return self.inserted
 
     def summary(self) -> dict:
         return asdict(self)
@@ -54,12 +64,15 @@ def load_batch(
     batch: MappedBatch,
     targets: list[Target],
     *,
-    run_id: int,
+    run_id: int | None = None,
+    vocab: Vocabulary | None = None,
     vocabulary_version: str | None = None,
     export: bool = True,
 ) -> LoadReport:
     """Load ``batch`` into the DuckDB warehouse among ``targets``, then refresh the other targets.
 
+    ``run_id`` defaults to the next one in run_log. With ``vocab``, its tables are written to the
+    warehouse first when the warehouse holds another release (or none), so OHDSI tools find them.
     ``export=False`` leaves Parquet/PostgreSQL for a later ``export_cdm`` (after the derived tables).
     """
     warehouse = system_of_record(targets)
@@ -68,12 +81,25 @@ def load_batch(
         if name not in schema.table_names:
             raise WarehouseError(f"batch table {name!r} is not an OMOP CDM v5.4 table")
         staging.check_frame(name, schema.table(name), frame)
-    report = LoadReport(run_id=run_id)
     started = _utc_now()
     con = warehouse.open()
     try:
+        if vocab is not None:
+            vocabulary_version = vocabulary_version or vocab.version
+            held = con.execute(
+                "SELECT max(vocabulary_version) FROM main.vocabulary WHERE vocabulary_id = 'None'"
+            ).fetchall()[0][0]
+            if held != vocab.version:
+                from pipelines.vocab import write_vocabulary
+
+                write_vocabulary(con, vocab)
         con.execute("BEGIN")
         try:
+            if run_id is None:
+                run_id = con.execute(
+                    f"SELECT coalesce(max(run_id), 0) + 1 FROM {SIDE_SCHEMA}.run_log"
+                ).fetchall()[0][0]
+            report = LoadReport(run_id=run_id, outputs={t.name: t.location for t in targets})
             _remove_records(con, batch, report)
             for name in load_order():
                 if name in batch.tables:
@@ -89,7 +115,7 @@ def load_batch(
         if export:
             exports = [t for t in targets if t is not warehouse]
             try:
-                report.exported = export_cdm(con, exports, run_id=run_id, vocabulary_version=version)
+                report.exported = store_all(con, exports, run_id=run_id, vocabulary_version=version)
             except BaseException:
                 con.execute(
                     f"UPDATE {SIDE_SCHEMA}.run_log SET status = 'export_failed' WHERE run_id = ?", [run_id]

@@ -31,6 +31,7 @@ PART = "part-0.parquet"
 class ParquetFolder:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self.name, self.location = "parquet", str(self.folder)
         self.description = f"Parquet {self.folder}"
 
     def store(self, warehouse: duckdb.DuckDBPyConnection, manifest: ExportManifest) -> dict[str, int]:

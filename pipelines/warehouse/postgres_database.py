@@ -33,7 +33,8 @@ class PostgresDatabase:
         self.url, self.schema = _split_schema(url)
         parts = urlsplit(self.url)
         where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
-        self.description = f"PostgreSQL {where} schema {self.schema}"  # no user, no password
+        self.name, self.location = "postgres", f"{where} schema {self.schema}"  # no user, no password
+        self.description = f"PostgreSQL {self.location}"
 
     def store(self, warehouse: duckdb.DuckDBPyConnection, manifest: ExportManifest) -> dict[str, int]:
         import adbc_driver_postgresql.dbapi as adbc

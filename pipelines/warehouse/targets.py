@@ -38,7 +38,9 @@ class ExportManifest:
 class Target(Protocol):
     """A place that holds the CDM tables of the warehouse."""
 
-    description: str  # for messages and reports; never carries a password
+    name: str  # "warehouse", "parquet" or "postgres"
+    location: str  # path or host/database/schema; never a password
+    description: str  # for messages and reports
 
     def store(self, warehouse: duckdb.DuckDBPyConnection, manifest: ExportManifest) -> dict[str, int]:
         """Make this target hold every CDM table of ``warehouse``; rows per table."""
@@ -85,13 +87,45 @@ def system_of_record(targets: list[Target]):
 
 
 def export_cdm(
+    warehouse: Path | duckdb.DuckDBPyConnection,
+    *,
+    parquet: Path | None = None,
+    postgres: str | None = None,
+    run_id: int | None = None,
+    vocabulary_version: str | None = None,
+) -> dict[str, int]:
+    """Refresh the Parquet and/or PostgreSQL exports from a warehouse; rows per CDM table.
+
+    For after the derived tables are built (a load already exports what it loaded). ``warehouse`` is
+    a DuckDB file (opened read-only) or an open connection.
+    """
+    from pipelines.warehouse.duckdb_file import connect
+    from pipelines.warehouse.parquet_folder import ParquetFolder
+    from pipelines.warehouse.postgres_database import PostgresDatabase
+
+    targets: list[Target] = []
+    if parquet is not None:
+        targets.append(ParquetFolder(Path(parquet)))
+    if postgres is not None:
+        targets.append(PostgresDatabase(postgres))
+    if not targets:
+        raise PasserelleError("nothing to export to: give --parquet DIR and/or --postgres URL")
+    if isinstance(warehouse, duckdb.DuckDBPyConnection):
+        stored = store_all(warehouse, targets, run_id=run_id, vocabulary_version=vocabulary_version)
+    else:
+        with connect(warehouse, read_only=True) as con:
+            stored = store_all(con, targets, run_id=run_id, vocabulary_version=vocabulary_version)
+    return next(iter(stored.values()))
+
+
+def store_all(
     warehouse: duckdb.DuckDBPyConnection,
     targets: list[Target],
     *,
-    run_id: int | None = None,
-    vocabulary_version: str | None = None,
+    run_id: int | None,
+    vocabulary_version: str | None,
 ) -> dict[str, dict[str, int]]:
-    """Refresh every export target from the warehouse (e.g. again after the derived tables are built)."""
+    """Have every target store the warehouse's CDM tables; rows per table, by target description."""
     version = vocabulary_version or warehouse_vocabulary_version(warehouse)
     manifest = ExportManifest.now(vocabulary_version=version, run_id=run_id)
     return {t.description: t.store(warehouse, manifest) for t in targets}
