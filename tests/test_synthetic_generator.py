@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -176,6 +177,44 @@ def test_fhir_resources_carry_the_r4_elements_the_mappers_read(generated: Path) 
     assert {i["vaccineCode"]["coding"][0]["system"] for i in by_type["Immunization"]} == {
         "http://hl7.org/fhir/sid/cvx"
     }
+
+
+# FHIR R4 primitive formats (https://hl7.org/fhir/R4/datatypes.html)
+FHIR_ID = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
+FHIR_DATE_OR_DATE_TIME = re.compile(
+    r"-?[0-9]{4}(-(0[1-9]|1[0-2])(-(0[0-9]|[1-2][0-9]|3[0-1])"
+    r"(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?"
+)
+DATE_KEYS = {
+    "birthDate",
+    "deceasedDateTime",
+    "start",
+    "end",
+    "onsetDateTime",
+    "abatementDateTime",
+    "recordedDate",
+    "effectiveDateTime",
+    "authoredOn",
+    "performedDateTime",
+    "occurrenceDateTime",
+}
+
+
+def _dates(node) -> list[str]:
+    if isinstance(node, dict):
+        found = [v for k, v in node.items() if k in DATE_KEYS and isinstance(v, str)]
+        return found + [d for value in node.values() for d in _dates(value)]
+    if isinstance(node, list):
+        return [d for value in node for d in _dates(value)]
+    return []
+
+
+def test_ids_and_dates_follow_the_r4_primitive_formats(generated: Path) -> None:
+    resources = [entry["resource"] for _, bundle in _bundles(generated) for entry in bundle["entry"]]
+    assert all(FHIR_ID.fullmatch(resource["id"]) for resource in resources)
+    dates = [d for resource in resources for d in _dates(resource)]
+    assert len(dates) > len(resources)
+    assert [d for d in dates if not FHIR_DATE_OR_DATE_TIME.fullmatch(d)] == []
 
 
 def test_bulk_manifest_counts_equal_the_files(generated: Path, manifest: dict) -> None:
