@@ -19,26 +19,21 @@ _SHAPE = (
 )
 
 
-def fhir_date(text: pl.Expr) -> pl.Expr:
-    """The calendar date (partial dates -> first day of the period); null if absent or impossible."""
-    parts = text.str.extract_groups(_SHAPE)
-    padded = pl.format(
-        "{}-{}-{}",
-        parts.struct.field("year"),
-        parts.struct.field("month").fill_null("01"),
-        parts.struct.field("day").fill_null("01"),
+def parse(text: pl.Series) -> pl.DataFrame:
+    """Parse a column of FHIR date strings once: ``date`` (partial dates -> first day of the
+    period; the UTC date when there is a time), ``datetime`` (UTC, naive; null for a date without a
+    time), ``precision`` ('year', 'month', 'day') and ``impossible`` (present but no real date)."""
+    frame = pl.DataFrame({"text": text.cast(pl.Utf8)}).with_columns(
+        pl.col("text").str.extract_groups(_SHAPE).alias("p")
     )
-    return padded.str.to_date("%Y-%m-%d", strict=False)
-
-
-def fhir_datetime(text: pl.Expr) -> pl.Expr:
-    """The instant in UTC (naive); null when absent, impossible, or only a date without a time."""
-    parts = text.str.extract_groups(_SHAPE)
-    field = parts.struct.field
-    hour = field("hour").cast(pl.Int64, strict=False)
-    minute = field("minute").cast(pl.Int64, strict=False)
-    second = field("second").cast(pl.Int64, strict=False).fill_null(0)
-    zone = field("zone")
+    part = pl.col("p").struct.field
+    day = pl.format(
+        "{}-{}-{}", part("year"), part("month").fill_null("01"), part("day").fill_null("01")
+    ).str.to_date("%Y-%m-%d", strict=False)
+    hour = part("hour").cast(pl.Int64, strict=False)
+    minute = part("minute").cast(pl.Int64, strict=False)
+    second = part("second").cast(pl.Int64, strict=False).fill_null(0)
+    zone = part("zone")
     offset_minutes = (
         pl.when(zone.is_null() | (zone == "Z"))
         .then(pl.lit(0, dtype=pl.Int64))
@@ -48,24 +43,25 @@ def fhir_datetime(text: pl.Expr) -> pl.Expr:
         )
     )
     valid_time = (hour < 24) & (minute < 60) & (second < 61)
-    local = fhir_date(text).cast(pl.Datetime("us")) + pl.duration(hours=hour, minutes=minute, seconds=second)
-    return pl.when(valid_time).then(local - pl.duration(minutes=offset_minutes))
-
-
-def impossible(text: pl.Expr) -> pl.Expr:
-    """True where a date string is present but names no real date or time."""
-    has_time = text.str.contains("T", literal=True)
-    return text.is_not_null() & (fhir_date(text).is_null() | (has_time & fhir_datetime(text).is_null()))
-
-
-def precision(text: pl.Expr) -> pl.Expr:
-    """How much of the date the source gave: 'year', 'month' or 'day' (for year/month/day of birth)."""
-    parts = text.str.extract_groups(_SHAPE)
-    return (
-        pl.when(parts.struct.field("day").is_not_null())
+    local = day.cast(pl.Datetime("us")) + pl.duration(hours=hour, minutes=minute, seconds=second)
+    frame = frame.with_columns(
+        day.alias("local_date"),
+        pl.when(valid_time).then(local - pl.duration(minutes=offset_minutes)).alias("datetime"),
+        pl.when(part("day").is_not_null())
         .then(pl.lit("day"))
-        .when(parts.struct.field("month").is_not_null())
+        .when(part("month").is_not_null())
         .then(pl.lit("month"))
-        .when(parts.struct.field("year").is_not_null())
+        .when(part("year").is_not_null())
         .then(pl.lit("year"))
+        .alias("precision"),
+        part("hour").is_not_null().alias("has_time"),
+    )
+    return frame.select(
+        pl.coalesce(pl.col("datetime").dt.date(), "local_date").alias("date"),
+        "datetime",
+        "precision",
+        (
+            pl.col("text").is_not_null()
+            & (pl.col("local_date").is_null() | (pl.col("has_time") & pl.col("datetime").is_null()))
+        ).alias("impossible"),
     )

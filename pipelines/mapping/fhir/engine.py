@@ -230,28 +230,30 @@ class _Output:
             target_type=target_type,
         )
 
-    def date_part(self, part: str, text: pl.Series) -> pl.Series:
-        frame = pl.DataFrame({"t": text.cast(pl.Utf8), "_record_key": self.rows["_record_key"]})
-        t = pl.col("t")
-        bad = frame.filter(dates.impossible(t))
-        if bad.height:
+    def parse_dates(self, text: pl.Series) -> pl.DataFrame:
+        """Parsed dates of every row; a record with an impossible date is a quarantine problem."""
+        parsed = dates.parse(text)
+        bad = self.rows["_record_key"].filter(parsed["impossible"])
+        if bad.len():
             self.problem(
-                bad["_record_key"],
+                bad,
                 "impossible_date",
                 f"The {self.mapping.resource} has a date or time that does not exist in the calendar "
                 f"(read by {self.where}).",
             )
-        instant = dates.fhir_datetime(t)
-        day = pl.coalesce(instant.dt.date(), dates.fhir_date(t))
-        precision = dates.precision(t)
+        return parsed
+
+    def date_part(self, part: str, text: pl.Series) -> pl.Series:
+        parsed = self.parse_dates(text)
+        day, precision = pl.col("date"), pl.col("precision")
         expr = {
-            "datetime": instant,
+            "datetime": pl.col("datetime"),
             "date": day,
             "year": day.dt.year().cast(pl.Int32),
             "month": pl.when(precision != "year").then(day.dt.month().cast(pl.Int32)),
             "day": pl.when(precision == "day").then(day.dt.day().cast(pl.Int32)),
         }[part]
-        return frame.select(expr).to_series()
+        return parsed.select(expr).to_series()
 
     def problem(self, record_keys: pl.Series, code: str, reason: str) -> None:
         self.problems.append(
@@ -287,7 +289,16 @@ class _Output:
             .filter(pl.col("code").is_not_null())
             .select("_row", "_coding", "system", "code", pl.col("userSelected").fill_null(False))
         )
-        resolved = resolve_concepts(long, self.engine.vocab, system="system", code="code")
+        if long.height:
+            resolved = resolve_concepts(long, self.engine.vocab, system="system", code="code")
+        else:  # nothing coded on any row: no vocabulary look-up to make
+            resolved = long.with_columns(
+                pl.lit(0, pl.Int32).alias("concept_id"),
+                pl.lit(0, pl.Int32).alias("source_concept_id"),
+                pl.col("code").alias("source_value"),
+                pl.lit(None, pl.Utf8).alias("domain_id"),
+                pl.lit(None, pl.Int32).alias("value_as_concept_id"),
+            )
         ranked = resolved.with_columns(
             (
                 (pl.col("source_concept_id") != 0) & (pl.col("concept_id") == pl.col("source_concept_id"))
@@ -384,9 +395,9 @@ class _Output:
                 ).to_series()
                 cols[f"{name}_source_value"] = resolved["source_value"]
             elif name in _DATES:
-                text = self.raw(spec)
-                cols[f"{name}_date"] = self.date_part("date", text)
-                cols[f"{name}_datetime"] = self.date_part("datetime", text)
+                parsed = self.parse_dates(self.raw(spec))
+                cols[f"{name}_date"] = parsed["date"]
+                cols[f"{name}_datetime"] = parsed["datetime"]
             elif name in _REFS:
                 cols[f"_facet_{name}"] = self.reference(spec, _REFS[name][1])
             elif name in _NUMBERS:

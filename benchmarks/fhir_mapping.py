@@ -1,0 +1,61 @@
+"""Benchmark: FHIR files -> MappedBatch (read + map), in resources per second.
+
+By default it builds a folder of Synthea-like bundles from the shared Synthea samples: each copy gets
+its own ids (every UUID is rewritten), so nothing is deduplicated away. Or give a folder of your own.
+
+    .venv/bin/python benchmarks/fhir_mapping.py [--bundles 1000] [--folder PATH]
+
+Prints input resources, rows, seconds for reading and for mapping, and resources per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipelines.mapping.fhir.engine import map_staged
+from pipelines.sources.fhir import read_fhir
+from pipelines.vocab import load_vocabulary
+
+_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "fhir" / "synthea_r4_bundles"
+_UUID = re.compile(rb"([0-9a-f]{8})-([0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+
+
+def synthea_like(folder: Path, bundles: int) -> None:
+    sources = [p.read_bytes() for p in sorted(_SAMPLES.glob("*.json"))]
+    if not sources:
+        sys.exit(f"no Synthea samples in {_SAMPLES}; give --folder")
+    for i in range(bundles):
+        prefix = f"{i:08x}".encode()
+        copy = _UUID.sub(lambda m: prefix + b"-" + m.group(2), sources[i % len(sources)])
+        (folder / f"bundle_{i:05d}.json").write_bytes(copy)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundles", type=int, default=1000)
+    parser.add_argument("--folder", type=Path)
+    args = parser.parse_args()
+    vocab = load_vocabulary()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.folder or Path(scratch)
+        if args.folder is None:
+            synthea_like(folder, args.bundles)
+        started = time.perf_counter()
+        staged = read_fhir([folder])
+        read = time.perf_counter() - started
+        batch = map_staged(staged, vocab)
+        total = time.perf_counter() - started
+    resources = sum(batch.inputs.values())
+    rows = sum(frame.height for frame in batch.tables.values())
+    print(f"input resources {resources:,}  rows {rows:,}  quarantined {batch.quarantine.height:,}")
+    print(f"read {read:.2f} s ({resources / read:,.0f} resources/s)  map {total - read:.2f} s")
+    print(f"total {total:.2f} s: {resources / total:,.0f} resources/s")
+
+
+if __name__ == "__main__":
+    main()
