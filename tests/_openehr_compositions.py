@@ -69,7 +69,7 @@ def observation(archetype: str, events: list[dict], history: str = "at0001") -> 
     }
 
 
-def evaluation(archetype: str, items: list[dict]) -> dict:
+def evaluation(archetype: str, items: list[dict], data: str = "at0001") -> dict:
     return {
         "_type": "EVALUATION",
         "archetype_node_id": archetype,
@@ -77,7 +77,7 @@ def evaluation(archetype: str, items: list[dict]) -> dict:
         "subject": {"_type": "PARTY_SELF"},
         "data": {
             "_type": "ITEM_TREE",
-            "archetype_node_id": "at0001",
+            "archetype_node_id": data,
             "name": {"value": "tree"},
             "items": items,
         },

@@ -70,7 +70,7 @@ def map_openehr(
     if persons.height:
         tables["person"] = persons
     tables = {name: frame for name, frame in tables.items() if frame.height}
-    return _account(export, tables, result, person_quarantine)
+    return _account(export, tables, result, person_quarantine, _contributing(candidates))
 
 
 def _contexts(elements: pl.DataFrame, case: dict) -> pl.DataFrame:
@@ -79,7 +79,9 @@ def _contexts(elements: pl.DataFrame, case: dict) -> pl.DataFrame:
         pl.col("setting_code").first(),
         pl.col("context_start").first(),
         pl.col("context_end").first(),
-        pl.coalesce("event_time", "entry_time", "value_datetime").min().alias("earliest_time"),
+        # the span of the record's own times (events, actions), not of dates it reports (onsets, births)
+        pl.coalesce("event_time", "entry_time").min().alias("earliest_time"),
+        pl.coalesce("event_time", "entry_time").max().alias("latest_time"),
     )
     suffix = f"/items[{case['archetype']}]/items[{case['item']}]"
     cases = (
@@ -90,8 +92,17 @@ def _contexts(elements: pl.DataFrame, case: dict) -> pl.DataFrame:
     return contexts.join(cases, on="composition_uid", how="left")
 
 
+def _contributing(candidates: pl.DataFrame) -> set[str]:
+    """Compositions whose rows went into a visit (ADMIN_ENTRY) or a person (demographics)."""
+    facts = pl.any_horizontal(
+        pl.col(c).is_not_null() for c in ("birth_year", "birth", "gender_const", "gender_code", "start")
+    )
+    used = candidates.filter(pl.col("omocl_type").is_in(["Person", "Visit"]) & facts)
+    return set(used["composition_uid"].to_list())
+
+
 def _account(
-    export: OpenEhrExport, tables: dict[str, pl.DataFrame], result, person_quarantine
+    export: OpenEhrExport, tables: dict[str, pl.DataFrame], result, person_quarantine, contributing: set[str]
 ) -> MappedBatch:
     """Every composition mapped, filtered or quarantined; EHRs persons or quarantined."""
     produced: set[str] = set()
@@ -99,7 +110,7 @@ def _account(
         if "_record_key" in frame.columns:
             produced.update(frame["_record_key"].unique().to_list())
     uids = export.compositions["composition_uid"].to_list()
-    mapped = sum(1 for uid in uids if f"{SOURCE}|{uid}" in produced)
+    mapped = sum(1 for uid in uids if f"{SOURCE}|{uid}" in produced or uid in contributing)
     filtered: dict[str, int] = {}
     if len(uids) - mapped:
         filtered["COMPOSITION: no OMOCL mapping matched its entries"] = len(uids) - mapped

@@ -69,7 +69,7 @@ def clinical_tables(clinical: pl.DataFrame, vocab, settings: dict, resolve_conce
     )
     tables = {}
     for (table,), rows in frame.partition_by("table", as_dict=True, maintain_order=True).items():
-        tables[table] = _BUILDERS[table](rows).with_columns(_bookkeeping())
+        tables[table] = _BUILDERS[table](rows).with_columns(_bookkeeping()).drop("ehr_id")
     return tables
 
 
@@ -333,6 +333,7 @@ def visit_rows(
         "context_start",
         "context_end",
         "earliest_time",
+        "latest_time",
         "case_id",
         "source_file",
         "position",
@@ -359,8 +360,8 @@ def visit_rows(
             .then(pl.lit(f"{SOURCE}|visit/") + pl.col("ehr_id") + "/case/" + pl.col("case_id"))
             .otherwise(pl.lit(f"{SOURCE}|visit/") + pl.col("composition_uid"))
             .alias("visit_key"),
-            pl.coalesce("context_start", "earliest_time").alias("member_start"),
-            pl.coalesce("context_end", "context_start", "earliest_time").alias("member_end"),
+            pl.min_horizontal("context_start", "earliest_time").alias("member_start"),
+            pl.max_horizontal("context_end", "context_start", "latest_time").alias("member_end"),
         )
     )
     setting_concepts = {code: row["concept"] for code, row in settings["settings"]["settings"].items()}
