@@ -4,11 +4,13 @@ death before and after the last event, the extraction-date cap, partial rebuilds
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import random
 from pathlib import Path
 
 import duckdb
 import pytest
-from _derive_cdm import d, insert, rows
+from _derive_cdm import d, expected_periods, insert, records, rows
 
 from pipelines.derive import derive_all, load_rules
 from pipelines.errors import PasserelleError
@@ -181,3 +183,31 @@ def test_an_extension_as_long_as_the_gap_is_refused(tmp_path):
 
     with pytest.raises(PasserelleError, match="end_extension_days must be smaller than split_gap_days"):
         load_rules(bad)
+
+
+def test_random_event_histories_give_the_same_periods_as_the_event_by_event_rule(warehouse_path):
+    """400 persons with events scattered so that gaps just under and over 548 days, long stays,
+    deaths before and after the last event and the extraction cap all occur."""
+    generator = random.Random(7)
+    events, deaths = [], {}
+    for person_id in range(1, 401):
+        day = d("2010-01-01") + dt.timedelta(days=generator.randrange(0, 3000))
+        for _ in range(generator.randrange(1, 12)):
+            day += dt.timedelta(days=generator.choice([0, 1, 30, 546, 547, 548, 549, 900]))
+            length = generator.choice([None, 0, 3, 700])
+            events.append((person_id, day, None if length is None else day + dt.timedelta(days=length)))
+        if generator.random() < 0.3:
+            deaths[person_id] = day + dt.timedelta(days=generator.randrange(-400, 120))
+    initialize(warehouse_path)
+    with connect(warehouse_path) as con:
+        insert(
+            con, "condition_occurrence", records("person_id condition_start_date condition_end_date", events)
+        )
+        insert(con, "death", records("person_id death_date", list(deaths.items())))
+        extraction = d("2022-06-30")
+
+        derive_all(con, extraction_date=extraction)
+
+        assert rows(con, PERIODS.replace(", period_type_concept_id", "")) == expected_periods(
+            events, deaths, extraction
+        )

@@ -1,8 +1,8 @@
 """derive on a CDM built from the shared Synthea sample bundles (three patients, one deceased), with
 the starter vocabulary's concepts and drug -> ingredient ancestors.
 
-The expected periods and eras come from a plain-Python reading of the OHDSI rules over the same
-bundles, so the set-based SQL is checked against an independent, obviously-correct implementation.
+The expected periods come from a plain-Python reading of the OHDSI rule over the same bundles, so
+the set-based SQL is checked against an independent, obviously-correct implementation.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from _derive_cdm import insert, records, rows
+from _derive_cdm import expected_periods, insert, records, rows
 
 from pipelines.derive import derive_all
 from pipelines.project_files import data_dir
@@ -118,32 +118,16 @@ def cdm(warehouse_path: Path, sample_events) -> duckdb.DuckDBPyConnection:
 
 
 def _expected_periods(sample_events: dict[str, list[dict]]) -> list[tuple]:
-    """OHDSI EHR rule, written the slow and obvious way: walk each person's events in date order."""
-    spans: dict[int, list[tuple[dt.date, dt.date]]] = {}
+    events = []
     for table, found in sample_events.items():
         if table == "death":
             continue
         for row in found:
-            start = next(v for k, v in row.items() if k.endswith(("_start_date", "_date")) and "end" not in k)
-            end = next((v for k, v in row.items() if k.endswith("end_date") and v), None) or start
-            spans.setdefault(row["person_id"], []).append((start, max(start, end)))
+            start = next(v for k, v in row.items() if k.endswith("_date") and "end" not in k)
+            end = next((v for k, v in row.items() if k.endswith("end_date")), None)
+            events.append((row["person_id"], start, end))
     deaths = {row["person_id"]: row["death_date"] for row in sample_events["death"]}
-    periods = []
-    for person_id, events in sorted(spans.items()):
-        events.sort()
-        first, last = events[0]
-        for start, end in events[1:]:
-            if (start - last).days >= 548:
-                periods.append((person_id, first, last))
-                first = start
-            last = max(last, end)
-        periods.append((person_id, first, last))
-    capped = []
-    for person_id, first, last in periods:
-        death_limit = deaths[person_id] + dt.timedelta(days=60) if person_id in deaths else None
-        limit = min(d for d in (last + dt.timedelta(days=60), death_limit, EXTRACTION) if d)
-        capped.append((person_id, first, max(last, limit)))
-    return capped
+    return expected_periods(events, deaths, EXTRACTION)
 
 
 def test_sample_cdm_periods_match_the_rule_and_stop_at_death(cdm, sample_events):

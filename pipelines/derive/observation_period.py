@@ -32,15 +32,18 @@ def rebuild_observation_period(
     if events_sql is None:
         con.execute(f"DELETE FROM {CDM}.observation_period WHERE {scope.where()}")
         return 0
-    # one row per person and start date is enough to find the gaps, and much smaller
-    distinct_starts = f"""
-        SELECT person_id, start_date, max(greatest(start_date, coalesce(end_date, start_date))) AS end_date
+    # Events starting less than split_gap_days apart can never be split, so each person's events are
+    # first collapsed per block of split_gap_days days (by start date) into one interval: exact, and
+    # it turns ~100 events per person into a handful of rows before the window functions.
+    blocks = f"""
+        SELECT person_id, min(start_date) AS start_date,
+               max(greatest(start_date, coalesce(end_date, start_date))) AS end_date
         FROM ({events_sql})
         WHERE person_id IS NOT NULL AND start_date IS NOT NULL
-        GROUP BY person_id, start_date
+        GROUP BY person_id, floor((start_date - DATE '1900-01-01') / {rule.split_gap_days})
     """
     # "a gap of N days or more splits" is "runs merge across at most N - 1 days"
-    spans = merged_intervals_sql(distinct_starts, ("person_id",), rule.split_gap_days - 1)
+    spans = merged_intervals_sql(blocks, ("person_id",), rule.split_gap_days - 1)
     death = (
         f"SELECT person_id, min(CAST(death_date AS DATE)) AS death_date FROM {CDM}.death"
         f" WHERE {scope.where()} GROUP BY person_id"
