@@ -99,17 +99,47 @@ def apply_catalogue(elements: pl.DataFrame, catalogue: dict[str, tuple[OmoclFile
     candidates: list[dict] = []
     incomplete: list[dict] = []
     custom: dict[str, int] = {}
-    if elements.height:
-        for rows in elements.partition_by("composition_uid", maintain_order=True):
-            tree = _Tree(rows.to_dicts())
-            for anchor in tree.entries():
-                for file in catalogue.get(anchor["node_id"], ()):
-                    _apply_file(tree, file, anchor, catalogue, candidates, incomplete, custom, 0)
+    compositions: dict[str, list[dict]] = {}
+    for row in elements.to_dicts():  # one conversion for the batch; rows of a composition are adjacent
+        compositions.setdefault(row["composition_uid"], []).append(row)
+    for rows in compositions.values():
+        tree = _Tree(rows)
+        for anchor in tree.entries():
+            for file in catalogue.get(anchor["node_id"], ()):
+                _apply_file(tree, file, anchor, catalogue, candidates, incomplete, custom, 0)
     return EngineResult(
         candidates=pl.DataFrame(candidates, schema=CANDIDATE_SCHEMA, strict=False),
         incomplete=pl.DataFrame(incomplete, schema=INCOMPLETE_SCHEMA, strict=False),
         custom_skipped=custom,
     )
+
+
+@dataclass(frozen=True)
+class _Path:
+    climbs: int  # leading ".."
+    from_context: bool  # starts at the composition's context
+    pattern: tuple[tuple[str, str | None], ...]  # (attribute, node id or None) below the start
+    valid: bool = True
+
+
+@cache
+def _parse_path(path: str) -> _Path:
+    parts = [p for p in path.strip().split("/") if p and p != "."]
+    climbs = 0
+    while parts and parts[0] == "..":
+        climbs += 1
+        parts.pop(0)
+    from_context = bool(parts) and parts[0] == "context"
+    if from_context:
+        parts = parts[1:]
+    pattern = []
+    for part in parts:
+        match = _PATTERN.match(part)
+        if not match:
+            return _Path(climbs, from_context, (), valid=False)
+        predicate = match.group(2).split(",")[0].strip() if match.group(2) else None
+        pattern.append((match.group(1), predicate))
+    return _Path(climbs, from_context, tuple(pattern))
 
 
 class _Tree:
@@ -119,10 +149,13 @@ class _Tree:
         self.rows = rows
         self.by_depth: dict[int, list[dict]] = {}
         self.by_path: dict[str, dict] = {}
+        self.by_generic: dict[tuple, list[dict]] = {}
         for row in rows:
-            row["_segments"] = tuple(_SEGMENT.findall(row["node_path"]))
-            self.by_depth.setdefault(len(row["_segments"]), []).append(row)
+            segments = tuple(_SEGMENT.findall(row["node_path"]))
+            row["_segments"] = segments
+            self.by_depth.setdefault(len(segments), []).append(row)
             self.by_path[row["node_path"]] = row
+            self.by_generic.setdefault(tuple((a, n or None) for a, n, _ in segments), []).append(row)
 
     def entries(self) -> list[dict]:
         return [r for r in self.rows if not r["is_element"] and r["node_path"] == r["entry_path"]]
@@ -132,39 +165,33 @@ class _Tree:
 
     def resolve(self, anchor: dict, path: str) -> list[dict]:
         """Nodes an OMOCL path reaches from ``anchor`` (``..`` climbs; ``context`` is the composition's)."""
-        parts = [p for p in path.strip().split("/") if p and p != "."]
+        parsed = _parse_path(path)
+        if not parsed.valid:
+            return []
         segments = anchor["_segments"]
-        climbs = 0
-        while parts and parts[0] == "..":
-            climbs += 1
-            parts.pop(0)
-        prefix = segments[: max(len(segments) - climbs, 0)]
-        if parts and parts[0] == "context":
-            prefix, parts = (), parts[1:]
-            if not parts:
-                return [self.context()] if self.context() else []
-        if not parts:
+        prefix = () if parsed.from_context else segments[: max(len(segments) - parsed.climbs, 0)]
+        pattern = parsed.pattern
+        if not pattern:
             if not prefix:
-                return [self.context()] if self.context() else []
+                context = self.context()
+                return [context] if context else []
             node = self.by_path.get("".join(_render(s) for s in prefix))
             return [node] if node else []
-        pattern = []
-        for part in parts:
-            match = _PATTERN.match(part)
-            if not match:
-                return []
-            predicate = match.group(2).split(",")[0].strip() if match.group(2) else None
-            pattern.append((match.group(1), predicate))
-        depth = len(prefix) + len(pattern)
-        found = []
-        for row in self.by_depth.get(depth, ()):
-            tail = row["_segments"][len(prefix) :]
-            if row["_segments"][: len(prefix)] == prefix and all(
+        if parsed.from_context:
+            pattern = (("context", None), *pattern)
+        size = len(prefix)
+        if all(pred is not None or attr == "context" for attr, pred in pattern):
+            generic = tuple((a, n or None) for a, n, _ in prefix) + pattern
+            return [r for r in self.by_generic.get(generic, ()) if r["_segments"][:size] == prefix]
+        return [
+            row
+            for row in self.by_depth.get(size + len(pattern), ())
+            if row["_segments"][:size] == prefix
+            and all(
                 seg[0] == attr and (pred is None or seg[1] == pred)
-                for seg, (attr, pred) in zip(tail, pattern, strict=False)
-            ):
-                found.append(row)
-        return found
+                for seg, (attr, pred) in zip(row["_segments"][size:], pattern, strict=True)
+            )
+        ]
 
 
 def _render(segment: tuple[str, str, str]) -> str:
