@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from pipelines.vocab import Vocabulary
 from pipelines.vocab.aliases import unit_synonyms, vocabulary_ids
+from pipelines.vocab.resolution import KEY, key_hash
 
 _VOCAB = "__vocabulary_id"
+_RESOLVED = ("source_concept_id", "concept_id", "domain_id", "value_as_concept_id")
 _COVERAGE_SCHEMA = {
     "source_vocabulary_id": pl.Utf8,
     "source_code": pl.Utf8,
@@ -38,30 +41,31 @@ def resolve_concepts(
     code: str = "code",
     prefix: str = "",
 ) -> pl.DataFrame:
-    """Add ``{prefix}concept_id``, ``source_concept_id``, ``domain_id``, ``value_as_concept_id`` and
+    """Add ``{prefix}source_concept_id``, ``concept_id``, ``domain_id``, ``value_as_concept_id`` and
     ``source_value`` to ``frame`` from its code-system and code columns.
 
     ``system`` holds a FHIR system URI, an openEHR terminology id (versions such as
     ``http://snomed.info/sct (20230731)`` are fine) or an OMOP vocabulary_id. concept_id and
-    source_concept_id are 0 when unknown; domain_id and value_as_concept_id are null then.
+    source_concept_id are 0 when unknown; domain_id and value_as_concept_id are null then. Rows keep
+    their order; a code with several "Maps to" targets gives one row per target, next to each other.
     """
-    names = {
-        "concept_id": f"{prefix}concept_id",
-        "source_concept_id": f"{prefix}source_concept_id",
-        "domain_id": f"{prefix}domain_id",
-        "value_as_concept_id": f"{prefix}value_as_concept_id",
-    }
-    _check_free(frame, [*names.values(), f"{prefix}source_value"])
+    names = [f"{prefix}{c}" for c in _RESOLVED] + [f"{prefix}source_value"]
+    _check_free(frame, names)
     keys = frame.select(pl.col(system).cast(pl.Utf8), pl.col(code).cast(pl.Utf8))
-    pairs = keys.unique()
-    resolved = _resolve_pairs(pairs, vocab, system, code).rename(names)
-    fill = {names["concept_id"]: 0, names["source_concept_id"]: 0}
-    joined = (
-        frame.with_columns(pl.col(system).cast(pl.Utf8), pl.col(code).cast(pl.Utf8))
-        .join(resolved, on=[system, code], how="left", nulls_equal=True, maintain_order="left")
-        .with_columns([pl.col(c).fill_null(v) for c, v in fill.items()])
+    slots, distinct = _distinct_keys(keys)
+    systems = distinct.get_column(system).unique().to_list()
+    vocabulary_of = pl.DataFrame(
+        {system: systems, _VOCAB: vocabulary_ids(systems, vocab.vocabulary_ids())},
+        schema={system: pl.Utf8, _VOCAB: pl.Utf8},
     )
-    return joined.with_columns(pl.col(code).alias(f"{prefix}source_value"))
+    wanted = distinct.join(vocabulary_of, on=system, how="left", nulls_equal=True, maintain_order="left")
+    found = _find(wanted.get_column(_VOCAB), wanted.get_column(code), vocab.indexed_lookup())
+    out = _attach(frame, slots, distinct.height, found, {c: f"{prefix}{c}" for c in _RESOLVED})
+    return out.with_columns(
+        pl.col(f"{prefix}concept_id").fill_null(0),
+        pl.col(f"{prefix}source_concept_id").fill_null(0),
+        pl.col(code).cast(pl.Utf8).alias(f"{prefix}source_value"),
+    )
 
 
 def resolve_units(
@@ -74,23 +78,23 @@ def resolve_units(
     """
     target = f"{prefix}concept_id"
     _check_free(frame, [target, f"{prefix}source_value"])
-    units = frame.select(pl.col(unit).cast(pl.Utf8).unique())
-    spelled = units.join(unit_synonyms(), left_on=unit, right_on="unit", how="left").select(
-        unit, concept_code=pl.coalesce("ucum_code", unit)
+    keys = frame.select(pl.col(unit).cast(pl.Utf8))
+    slots, distinct = _distinct_keys(keys)
+    spelled = distinct.join(
+        unit_synonyms(), left_on=unit, right_on="unit", how="left", maintain_order="left"
+    ).select(pl.coalesce("ucum_code", unit).alias("code"))
+    found = _find(
+        pl.Series(["UCUM"] * spelled.height, dtype=pl.Utf8),
+        spelled.get_column("code"),
+        vocab.indexed_lookup(),
     )
-    ucum = (
-        vocab.lookup()
-        .filter(pl.col("vocabulary_id") == "UCUM")
-        .group_by("concept_code")
-        .agg(pl.col("concept_id").min())
+    first = found.group_by("slot").agg(pl.col("concept_id").min())
+    per_slot = pl.DataFrame({"slot": pl.int_range(distinct.height, eager=True, dtype=pl.UInt32)}).join(
+        first, on="slot", how="left", maintain_order="left"
     )
-    resolved = spelled.join(ucum, on="concept_code", how="left").select(
-        unit, pl.col("concept_id").fill_null(0).alias(target)
-    )
-    return (
-        frame.with_columns(pl.col(unit).cast(pl.Utf8))
-        .join(resolved, on=unit, how="left", nulls_equal=True, maintain_order="left")
-        .with_columns(pl.col(target).fill_null(0), pl.col(unit).alias(f"{prefix}source_value"))
+    concept = per_slot.get_column("concept_id").fill_null(0).gather(slots)
+    return frame.with_columns(
+        concept.alias(target), pl.col(unit).cast(pl.Utf8).alias(f"{prefix}source_value")
     )
 
 
@@ -218,18 +222,82 @@ def write_coverage_report(frame: pl.DataFrame, path: Path, *, top: int | None = 
     return report.height
 
 
-def _resolve_pairs(pairs: pl.DataFrame, vocab: Vocabulary, system: str, code: str) -> pl.DataFrame:
-    """Resolved rows for distinct (system, code) pairs: fan-out included, unmatched pairs absent."""
-    systems = pairs.get_column(system).unique().to_list()
-    vocabulary_of = pl.DataFrame(
-        {system: systems, _VOCAB: vocabulary_ids(systems, vocab.vocabulary_ids())},
-        schema={system: pl.Utf8, _VOCAB: pl.Utf8},
+def _distinct_keys(keys: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame]:
+    """(slot of every row, the distinct key rows): ``keys[i] == distinct[slot[i]]`` for every row i.
+
+    Rows are grouped by a 64-bit hash of their key columns (integer grouping is several times faster
+    than grouping strings); a second, independent 64-bit hash must then agree within every group.
+    Two different keys would have to collide on both (odds around 1e-29 for 10^5 distinct keys) to
+    share a slot; if the second hash ever disagrees, the exact string grouping is used instead.
+    """
+    columns = keys.columns
+    first_hash = second_hash = pl.lit(0, dtype=pl.UInt64)
+    for seed, column in enumerate(columns, start=1):
+        first_hash = first_hash ^ pl.col(column).hash(seed=seed)
+        second_hash = second_hash ^ pl.col(column).hash(seed=seed + 100)
+    hashes = keys.select(first_hash.alias("h"), second_hash.alias("check"))
+    groups = hashes.select("h").with_row_index("row").group_by("h").agg(pl.col("row")).get_column("row")
+    sizes = groups.list.len().to_numpy()
+    slot = np.empty(keys.height, dtype=np.uint32)
+    slot[groups.explode().to_numpy()] = np.repeat(np.arange(len(groups), dtype=np.uint32), sizes)
+    slots = pl.Series(slot)
+    firsts = groups.list.first()
+    check = hashes.get_column("check")
+    if bool((check == check.gather(firsts).gather(slots)).all()):
+        return slots, keys.gather(firsts)
+    exact = keys.with_row_index("row").group_by(columns, maintain_order=True).agg(pl.col("row"))
+    rows = exact.get_column("row")
+    slot[rows.explode().to_numpy()] = np.repeat(
+        np.arange(exact.height, dtype=np.uint32), rows.list.len().to_numpy()
     )
-    return (
-        pairs.join(vocabulary_of, on=system, how="left", nulls_equal=True)
-        .join(vocab.lookup(), left_on=[_VOCAB, code], right_on=["vocabulary_id", "concept_code"], how="inner")
-        .drop(_VOCAB)
+    return pl.Series(slot), exact.drop("row")
+
+
+def _find(vocabulary_id: pl.Series, code: pl.Series, lookup: pl.DataFrame) -> pl.DataFrame:
+    """Lookup rows of each (vocabulary_id, code) by binary search on the lookup's key hash.
+
+    Returns the lookup rows with ``slot`` = position of their query; queries without a match are absent.
+    """
+    queries = pl.DataFrame({"vocabulary_id": vocabulary_id, "code": code}).with_columns(
+        key_hash(pl.col("vocabulary_id"), pl.col("code"))
     )
+    keys = lookup.get_column(KEY)
+    start = keys.search_sorted(queries.get_column(KEY), side="left").to_numpy().astype(np.int64)
+    stop = keys.search_sorted(queries.get_column(KEY), side="right").to_numpy().astype(np.int64)
+    count = stop - start
+    query = np.repeat(np.arange(queries.height, dtype=np.uint32), count)
+    offset = np.arange(len(query)) - np.repeat(np.cumsum(count) - count, count)
+    rows = lookup.drop(KEY).gather(np.repeat(start, count) + offset).with_columns(slot=pl.Series(query))
+    return rows.filter(
+        pl.col("vocabulary_id").eq_missing(
+            queries.get_column("vocabulary_id").gather(rows.get_column("slot"))
+        )
+        & pl.col("concept_code").eq_missing(queries.get_column("code").gather(rows.get_column("slot")))
+    )
+
+
+def _attach(
+    frame: pl.DataFrame, slots: pl.Series, n_slots: int, found: pl.DataFrame, names: dict[str, str]
+) -> pl.DataFrame:
+    """Add ``found``'s columns to every row of ``frame`` through its slot; rows whose slot has several
+    found rows are repeated (fan-out, in place), rows whose slot has none get nulls."""
+    found = found.sort("slot", maintain_order=True)
+    per_slot = np.bincount(found.get_column("slot").to_numpy(), minlength=n_slots).astype(np.int64)
+    first_of_slot = np.cumsum(per_slot) - per_slot
+    # one extra all-null row at the end: rows without a match point there
+    values = pl.concat([found.select(list(names)), found.select(list(names)).clear(1)]).rename(names)
+    missing = found.height
+    slot = slots.to_numpy()
+    row_counts = per_slot[slot]
+    if row_counts.max(initial=0) <= 1:  # no fan-out: one value per row, the frame itself is not copied
+        index = np.where(row_counts == 1, first_of_slot[slot], missing)
+        return frame.with_columns(values.gather(index).get_columns())
+    repeats = np.maximum(row_counts, 1)
+    row_index = np.repeat(np.arange(frame.height), repeats)
+    within = np.arange(len(row_index)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+    slot_of_row = slot[row_index]
+    index = np.where(row_counts[row_index] > 0, first_of_slot[slot_of_row] + within, missing)
+    return frame.gather(row_index).with_columns(values.gather(index).get_columns())
 
 
 def _check_free(frame: pl.DataFrame, columns: list[str]) -> None:

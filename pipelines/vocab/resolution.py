@@ -20,8 +20,18 @@ LOOKUP_SCHEMA = {
     "domain_id": pl.Utf8,
     "value_as_concept_id": pl.Int32,
 }
+KEY = "_key"
 _REPLACEMENTS = ("Concept replaced by", "Concept same_as to", "Concept alt_to to")
 _REPLACEMENT_STEPS = 3
+
+
+def key_hash(vocabulary_id: pl.Expr, code: pl.Expr) -> pl.Expr:
+    """A 64-bit hash of (vocabulary, code), to find codes by integer search instead of string joins.
+
+    Polars hashes are stable within one process only: never store them. Matches are always confirmed
+    by comparing the strings, so a collision costs a fallback, never a wrong concept.
+    """
+    return (vocabulary_id.hash(seed=1) ^ code.hash(seed=2)).alias(KEY)
 
 
 def build_lookup(concept: pl.LazyFrame, concept_relationship: pl.LazyFrame) -> pl.LazyFrame:

@@ -12,7 +12,7 @@ from pipelines.vocab.aliases import project_concept_maps
 from pipelines.vocab.athena import empty_frame, vocabulary_tables
 from pipelines.vocab.cache import LOOKUP_FILE, ensure_cache, read_manifest
 from pipelines.vocab.local_maps import read_local_maps
-from pipelines.vocab.resolution import LOOKUP_SCHEMA
+from pipelines.vocab.resolution import KEY, LOOKUP_SCHEMA, key_hash
 
 
 @dataclass
@@ -65,6 +65,16 @@ class Vocabulary:
         if "lookup" not in self._memo:
             self._memo["lookup"] = self._with_overrides(pl.read_parquet(self.cache_dir / LOOKUP_FILE))
         return self._memo["lookup"]
+
+    def indexed_lookup(self) -> pl.DataFrame:
+        """``lookup()`` with a ``_key`` column (``key_hash`` of vocabulary_id and code), sorted by it, so
+        resolution finds a code by binary search. Built once per Vocabulary object."""
+        if "indexed_lookup" not in self._memo:
+            lookup = self.lookup()
+            self._memo["indexed_lookup"] = lookup.with_columns(
+                key_hash(pl.col("vocabulary_id"), pl.col("concept_code"))
+            ).sort(KEY)
+        return self._memo["indexed_lookup"]
 
     def _with_overrides(self, lookup: pl.DataFrame) -> pl.DataFrame:
         project = project_concept_maps().select(
