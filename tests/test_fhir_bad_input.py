@@ -136,3 +136,11 @@ def test_bundle_with_one_bad_entry_keeps_the_others(tmp_path: Path, vocab: Vocab
     assert _quarantined(batch) == [(str(path), 1, "Observation", "o2", "invalid_element")]
     assert sorted(batch.tables["measurement"]["_record_id"].to_list()) == ["o1", "o3"]
     assert _balanced(batch)
+
+
+def test_json_that_is_not_an_object_and_a_byte_order_mark(tmp_path: Path, vocab: Vocabulary) -> None:
+    (tmp_path / "array.json").write_text("[1, 2, 3]")
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(_observation(1)).encode())
+    batch = map_fhir([tmp_path], vocab)
+    assert _quarantined(batch) == [(str(tmp_path / "array.json"), 0, None, None, "not_a_resource")]
+    assert batch.tables["measurement"]["_record_id"].to_list() == ["o1"]

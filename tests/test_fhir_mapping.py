@@ -223,3 +223,23 @@ def test_immunization_not_done_is_filtered(shared: Path, vocab: Vocabulary) -> N
     batch = map_fhir([shared / "samples/fhir/hl7_r4_examples/Immunization-notGiven.json"], vocab)
     assert batch.tables == {}
     assert batch.filtered == {"Immunization: status not-done or entered-in-error (no vaccine was given)": 1}
+
+
+def test_rows_pointing_at_a_sub_encounter_point_at_its_visit_and_visit_detail(
+    tmp_path: Path, vocab: Vocabulary
+) -> None:
+    period = {"start": "2020-05-04T08:00:00Z", "end": "2020-05-06T08:00:00Z"}
+    stay = {"resourceType": "Encounter", "id": "stay", "status": "finished", "class": {"code": "IMP"}}
+    ward = {**stay, "id": "ward", "partOf": {"reference": "Encounter/stay"}}
+    for encounter in (stay, ward):
+        encounter.update(subject={"reference": "Patient/p1"}, period=period)
+    code = {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}
+    for resource in (stay, ward, _condition(code, encounter={"reference": "Encounter/ward"})):
+        _write(tmp_path / f"{resource['id']}.json", resource)
+    batch = map_fhir([tmp_path], vocab)
+    assert batch.tables["visit_occurrence"]["visit_concept_id"].to_list() == [9201]
+    detail = batch.tables["visit_detail"].row(0, named=True)
+    assert detail["_ref__visit_occurrence_id"] == "fhir|Encounter/stay"
+    condition = batch.tables["condition_occurrence"].row(0, named=True)
+    assert condition["_ref__visit_occurrence_id"] == "fhir|Encounter/stay"
+    assert condition["_ref__visit_detail_id"] == "fhir|Encounter/ward"

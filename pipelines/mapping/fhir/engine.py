@@ -40,6 +40,7 @@ _REFS = {
     "person": ("person_id", "Patient"),
     "visit": ("visit_occurrence_id", "Encounter"),
     "provider": ("provider_id", "Practitioner"),
+    "visit_detail": ("visit_detail_id", "Encounter"),  # derived from visit (see _Engine.split_visits)
 }
 # The FHIR resource type a CDM foreign key points at, for logical references (identifier only).
 _FHIR_TYPE = {
@@ -95,6 +96,7 @@ class _Engine:
         self.mappings = mappings
         self.common = common
         self.codes = _referenced_codes(staged.resources)
+        self.visit_parents = _visit_parents(staged)
         self.tables: dict[str, list[pl.DataFrame]] = {}
         self.quarantine: list[pl.DataFrame] = [staged.quarantine]
         self.mapped: Counter[str] = Counter()
@@ -115,6 +117,16 @@ class _Engine:
             mapped=dict(self.mapped),
             filtered=dict(self.filtered),
         )
+
+    def split_visits(self, encounters: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """Encounter keys -> (visit_occurrence key, visit_detail key): an Encounter that is partOf
+        another is a visit_detail of that visit (Encounter.yaml), so rows pointing at it point at both."""
+        frame = pl.DataFrame({"key": encounters}).join(
+            self.visit_parents, on="key", how="left", maintain_order="left"
+        )
+        visit = frame.select(pl.coalesce("parent", "key")).to_series()
+        detail = frame.select(pl.when(pl.col("parent").is_not_null()).then(pl.col("key"))).to_series()
+        return visit, detail
 
     # --- one resource type ------------------------------------------------------------------
 
@@ -414,6 +426,8 @@ class _Output:
                     .cast(pl.Utf8)
                     .replace_strict(common.operators, default=None, return_dtype=pl.Int32)
                 )
+        if "_facet_visit" in cols:
+            cols["_facet_visit"], cols["_facet_visit_detail"] = self.engine.split_visits(cols["_facet_visit"])
         facets = facets.with_columns([series.alias(name) for name, series in cols.items()])
         concept_spec = output.facets.get("concept")
         if isinstance(concept_spec, dict) and "const" in concept_spec:
@@ -600,6 +614,21 @@ def _quarantine_rows(frame: pl.DataFrame, bad: pl.DataFrame) -> pl.DataFrame:
         "reason_code",
         "reason",
     )
+
+
+def _visit_parents(staged: StagedFhir) -> pl.DataFrame:
+    """key of each Encounter that is partOf another -> key of that other Encounter."""
+    encounters = staged.resources.get("Encounter")
+    if encounters is None or encounters.height == 0:
+        return pl.DataFrame(schema={"key": pl.Utf8, "parent": pl.Utf8})
+    parents = reference_keys(
+        encounters,
+        pl.col("partOf"),
+        full_urls=staged.full_urls,
+        identifiers=staged.identifiers,
+        target_type="Encounter",
+    )
+    return encounters.select(pl.col("_record_key").alias("key"), parents.alias("parent")).drop_nulls("parent")
 
 
 # Elements of a referenced resource that ``{resolve: <reference>, element: <name>}`` can read.

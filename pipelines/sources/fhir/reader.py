@@ -134,6 +134,7 @@ class _Staging:
             data = path.read_bytes()
             if path.name.lower().endswith(".gz"):
                 data = gzip.decompress(data)
+            data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some exporters write
         except (OSError, EOFError, gzip.BadGzipFile) as error:
             raise PasserelleError(f"{path}: cannot be read ({error.__class__.__name__}: {error})") from error
         if path.name.lower().endswith((".ndjson", ".ndjson.gz")):
@@ -165,6 +166,16 @@ class _Staging:
     def _reject(self, raw: bytes, file: str, position: int, error: msgspec.DecodeError) -> None:
         try:
             envelope = _envelope.decode(raw)
+        except msgspec.ValidationError:
+            self._quarantine(
+                file,
+                position,
+                None,
+                None,
+                "not_a_resource",
+                "The JSON is not an object, so not a FHIR resource.",
+            )
+            return
         except msgspec.DecodeError:
             self._quarantine(file, position, None, None, "malformed_json", f"Not valid JSON: {error}.")
             return
