@@ -124,8 +124,7 @@ class _Simulation:
         age_days = int((band[0] + rng.random() * (band[1] - band[0] + 1)) * 365.25)
         self.birth = cat.as_of - dt.timedelta(days=age_days)
         death_chance = next(c for lo, hi, c in population["death_chance"] if lo <= age_days / 365.25 < hi + 1)
-        history_start = max(self.birth, cat.as_of - dt.timedelta(days=round(cat.history_years * 365.25)))
-        self.start = history_start
+        self.start = max(self.birth, cat.as_of - dt.timedelta(days=round(cat.history_years * 365.25)))
         self.end = cat.as_of
         deceased = None
         if rng.random() < death_chance:
