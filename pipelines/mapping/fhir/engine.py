@@ -106,7 +106,7 @@ class _Engine:
         for kind, frame in self.staged.resources.items():
             mapping = self.mappings.get(kind)
             if mapping is None:
-                self.filtered[f"{kind}: no mapping (no mappings/fhir/{kind}.yaml)"] += frame.height
+                self.filtered[f"{kind}: no mapping"] += frame.height
             else:
                 self.map_resource(mapping, frame)
         return MappedBatch(
