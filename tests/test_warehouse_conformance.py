@@ -331,6 +331,40 @@ def test_deleted_records_lose_their_rows_and_others_keep_theirs(backend: Backend
     assert left["n"][0] == 0
 
 
+def test_rows_pointing_at_a_deleted_person_leave_the_cdm_for_quarantine(backend: Backend) -> None:
+    load_batch(first_batch(), backend.targets, run_id=1)
+    deletion = MappedBatch(
+        deletions=pl.DataFrame(
+            {
+                "_record_key": ["fhir|Patient/ben"],
+                "_source_format": ["fhir"],
+                "_source_file": ["deleted.ndjson"],
+            }
+        )
+    )
+    report = load_batch(deletion, backend.targets, run_id=2)
+    assert backend.read("person")["person_source_value"].to_list() == ["anna"]
+    assert backend.read("visit_occurrence")["visit_source_value"].to_list() == ["enc-1"]
+    assert backend.read("measurement")["person_id"].to_list() == [1, 1]
+    assert report.orphaned == {"visit_occurrence": 1, "measurement": 1}
+    assert report.quarantined == {"orphaned_reference": 2}
+    kept = backend.side("SELECT run_id, record_id, reason_code, reason FROM passerelle.quarantine ORDER BY 2")
+    assert kept.rows() == [
+        (
+            2,
+            "enc-2",
+            "orphaned_reference",
+            "visit_occurrence: person_id: the person record it refers to was deleted",
+        ),
+        (
+            2,
+            "hr-2",
+            "orphaned_reference",
+            "measurement: person_id: the person record it refers to was deleted",
+        ),
+    ]
+
+
 def test_references_resolve_to_rows_loaded_by_an_earlier_run(backend: Backend) -> None:
     load_batch(first_batch(), backend.targets, run_id=1)
     follow_up = MappedBatch(

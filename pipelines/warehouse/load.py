@@ -22,7 +22,7 @@ from pipelines.cdm.spec import Table, cdm_schema
 from pipelines.errors import WarehouseError
 from pipelines.mapping.batch import MappedBatch
 from pipelines.warehouse import staging
-from pipelines.warehouse.cdm_tables import load_order, quoted, row_hash_sql
+from pipelines.warehouse.cdm_tables import load_order, quoted, references, row_hash_sql
 from pipelines.warehouse.duckdb_file import SIDE_SCHEMA
 from pipelines.warehouse.targets import Target, store_all, system_of_record, warehouse_vocabulary_version
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pipelines.vocab imports the warehouse package: no import cy
 logger = logging.getLogger(__name__)
 
 _AFFECTED = "_passerelle_affected_records"
+_ORPHANS = "_passerelle_orphans"
 _QUARANTINE = "_passerelle_mapper_quarantine"
 
 
@@ -42,6 +43,7 @@ class LoadReport:
     run_id: int
     inserted: dict[str, int] = field(default_factory=dict)  # rows per CDM table
     removed: dict[str, int] = field(default_factory=dict)  # previous rows of replaced/deleted records
+    orphaned: dict[str, int] = field(default_factory=dict)  # rows whose required reference was deleted
     new_ids: dict[str, int] = field(default_factory=dict)  # source keys seen for the first time
     quarantined: dict[str, int] = field(default_factory=dict)  # by reason_code (mapper's and loader's)
     nulled_references: dict[str, int] = field(default_factory=dict)  # "table.column": optional refs
@@ -104,6 +106,7 @@ def load_batch(
             for name in load_order():
                 if name in batch.tables:
                     _load_table(con, schema.table(name), batch.tables[name], run_id, report)
+            _settle_orphans(con, run_id, report)
             _store_mapper_quarantine(con, batch.quarantine, run_id, report)
             version = vocabulary_version or warehouse_vocabulary_version(con)
             _write_run_log(con, report, started, version)
@@ -216,6 +219,56 @@ def _load_table(
     for code, n in rejected:
         _count(report.quarantined, code, n)
     logger.info("%s: %d rows inserted, %d quarantined", table.name, inserted, sum(n for _, n in rejected))
+
+
+def _settle_orphans(con: duckdb.DuckDBPyConnection, run_id: int, report: LoadReport) -> None:
+    """Rows of untouched records that point at a row this load deleted (e.g. a deleted Patient).
+
+    The same rule as for the batch's own rows: a required reference sends the row to quarantine (it
+    leaves the CDM, its lineage goes with it into the quarantine row), an optional one becomes NULL.
+    Tables are visited in load order, so a removed visit's details are settled after the visit.
+    """
+    schema = cdm_schema()
+    for name in load_order():
+        table = schema.table(name)
+        for column_name, column in references(table).items():
+            target, target_column = column.references
+            if target not in report.removed and target not in report.orphaned:
+                continue
+            col = quoted(column_name)
+            dangling = (
+                f"t.{col} IS NOT NULL AND NOT EXISTS "
+                f"(SELECT 1 FROM main.{target} r WHERE r.{quoted(target_column)} = t.{col})"
+            )
+            if not column.required:
+                nulled = con.execute(
+                    f"UPDATE main.{name} t SET {col} = NULL WHERE {dangling} RETURNING 1"
+                ).fetchall()
+                _count(report.nulled_references, f"{name}.{column_name}", len(nulled))
+                continue
+            identity = quoted(table.primary_key[0]) if table.primary_key else row_hash_sql(table, "t")
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {_ORPHANS} AS "
+                f"SELECT DISTINCT {identity} AS omop_id FROM main.{name} t WHERE {dangling}"
+            )
+            orphans = con.execute(f"SELECT count(*) FROM {_ORPHANS}").fetchall()[0][0]
+            if not orphans:
+                continue
+            ids = f"SELECT omop_id FROM {_ORPHANS}"
+            _count(report.orphaned, name, _delete_rows(con, table, ids, []))
+            reason = f"{name}: {column_name}: the {target} record it refers to was deleted"
+            con.execute(
+                f"""INSERT INTO {SIDE_SCHEMA}.quarantine (run_id, source_format, source_file, position,
+                      record_type, record_id, reason_code, reason)
+                    SELECT ?, source_format, source_file, position, record_type, record_id,
+                           'orphaned_reference', ?
+                    FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND omop_id IN ({ids})""",
+                [run_id, reason, name],
+            )
+            con.execute(
+                f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND omop_id IN ({ids})", [name]
+            )
+            _count(report.quarantined, "orphaned_reference", orphans)
 
 
 def _store_mapper_quarantine(
