@@ -56,11 +56,17 @@ def test_fhir_mapper_quarantines_exactly_the_planted_records(sources, vocab) -> 
     assert batch.deletions.height == sum(manifest["fhir_bulk"]["deleted"].values())
 
 
-def test_openehr_compositions_map_with_the_community_omocl_files(sources, vocab, shared) -> None:
-    """The project's own OMOCL files are the openEHR room's; the community files prove the shapes."""
+@pytest.mark.parametrize("mappings", ["project", "community"])
+def test_openehr_compositions_map_and_only_the_planted_one_is_quarantined(
+    sources, vocab, mappings: str, request
+) -> None:
+    """With the project's OMOCL files (mappings/openehr) and with the openEHR community's own ones."""
     out, manifest = sources
     aql = manifest["openehr_aql"]
-    batch = map_openehr([out / "openehr"], vocab, mapping_dirs=[shared / "reference/omocl"])
+    mapping_dirs = None
+    if mappings == "community":
+        mapping_dirs = [request.getfixturevalue("shared") / "reference/omocl"]
+    batch = map_openehr([out / "openehr"], vocab, mapping_dirs=mapping_dirs)
     quarantined = {
         (row["source_file"], row["position"], row["reason_code"])
         for row in batch.quarantine.iter_rows(named=True)
