@@ -173,3 +173,60 @@ def test_postgres_refuses_a_table_that_is_not_the_cdm_one(tmp_path: Path, postgr
         load_batch(first_batch(), open_targets(tmp_path / "w.duckdb", None, f"{postgres_url}?schema=legacy"))
     with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
         assert con.execute("SELECT status FROM passerelle.run_log").fetchall() == [("export_failed",)]
+
+
+def _vocabulary_release(warehouse: Path, release: str) -> None:
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("UPDATE vocabulary SET vocabulary_version = ? WHERE vocabulary_id = 'None'", [release])
+
+
+def test_parquet_export_reuses_an_unchanged_vocabulary_and_rewrites_a_new_one(tmp_path: Path) -> None:
+    from pipelines.vocab import load_vocabulary
+
+    vocab = load_vocabulary()
+    folder, warehouse = tmp_path / "cdm", tmp_path / "w.duckdb"
+    load_batch(first_batch(), open_targets(warehouse, folder, None), vocab=vocab, run_id=1)
+    concept_file = folder / "concept" / "part-0.parquet"
+    first = concept_file.stat().st_ino
+    measurement_first = (folder / "measurement" / "part-0.parquet").stat().st_ino
+    load_batch(first_batch(), open_targets(warehouse, folder, None), vocab=vocab, run_id=2)
+    assert concept_file.stat().st_ino == first
+    assert (folder / "measurement" / "part-0.parquet").stat().st_ino != measurement_first
+    _vocabulary_release(warehouse, "v5.0 01-JAN-27")
+    rows = export_cdm(warehouse, parquet=folder)
+    assert concept_file.stat().st_ino != first
+    assert (
+        rows["concept"]
+        == pl.read_parquet(concept_file).height
+        == vocab.concept.select(pl.len()).collect().item()
+    )
+    assert json.loads((folder / "manifest.json").read_text())["vocabulary_version"] == "v5.0 01-JAN-27"
+
+
+@pytest.mark.postgres
+def test_postgres_export_keeps_an_unchanged_vocabulary_in_place(tmp_path: Path, postgres_url: str) -> None:
+    import adbc_driver_postgresql.dbapi as adbc
+
+    from pipelines.vocab import load_vocabulary
+
+    vocab = load_vocabulary()
+    url, warehouse = f"{postgres_url}?schema=vocab_reuse", tmp_path / "w.duckdb"
+
+    def written_by() -> tuple[str, str]:
+        """The transactions that wrote the concept and person rows (PostgreSQL's xmin)."""
+        with adbc.connect(postgres_url) as con, con.cursor() as cur:
+            cur.execute(
+                "SELECT (SELECT max(xmin::text) FROM vocab_reuse.concept), "
+                "(SELECT max(xmin::text) FROM vocab_reuse.person)"
+            )
+            return cur.fetchall()[0]
+
+    load_batch(first_batch(), open_targets(warehouse, None, url), vocab=vocab, run_id=1)
+    concept_first, person_first = written_by()
+    load_batch(first_batch(), open_targets(warehouse, None, url), vocab=vocab, run_id=2)
+    concept_second, person_second = written_by()
+    assert concept_second == concept_first and person_second != person_first
+    _vocabulary_release(warehouse, "v5.0 01-JAN-27")
+    rows = export_cdm(warehouse, postgres=url)
+    assert written_by()[0] != concept_first
+    assert rows["concept"] == vocab.concept.select(pl.len()).collect().item()

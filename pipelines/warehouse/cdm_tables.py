@@ -32,6 +32,10 @@ def table(name: str) -> Table:
     return cdm_schema().table(name)
 
 
+def vocabulary_table_names() -> list[str]:
+    return [t.name for t in cdm_schema().group(_VOCABULARY_GROUP)]
+
+
 def references(table_: Table) -> dict[str, Column]:
     """Columns of ``table_`` that point at a row of a non-vocabulary table, by column name."""
     vocabulary = {t.name for t in cdm_schema().group(_VOCABULARY_GROUP)}

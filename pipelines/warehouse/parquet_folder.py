@@ -21,7 +21,7 @@ import duckdb
 
 from pipelines.cdm.spec import cdm_schema
 from pipelines.errors import WarehouseError
-from pipelines.warehouse.cdm_tables import duckdb_type, quoted
+from pipelines.warehouse.cdm_tables import duckdb_type, quoted, vocabulary_table_names
 from pipelines.warehouse.targets import ExportManifest
 
 MANIFEST = "manifest.json"
@@ -46,7 +46,12 @@ class ParquetFolder:
         fresh.mkdir(parents=True)
         try:
             rows = {}
+            reusable = self._unchanged_vocabulary(warehouse, manifest)
             for table in cdm_schema().tables:
+                if table.name in reusable:
+                    rows[table.name] = reusable[table.name]
+                    _link_folder(self.folder / table.name, fresh / table.name)
+                    continue
                 (fresh / table.name).mkdir()
                 columns = ", ".join(
                     f"CAST({quoted(c.name)} AS {duckdb_type(c)}) AS {quoted(c.name)}" for c in table.columns
@@ -64,6 +69,27 @@ class ParquetFolder:
             raise
         return rows
 
+    def _unchanged_vocabulary(
+        self, warehouse: duckdb.DuckDBPyConnection, manifest: ExportManifest
+    ) -> dict[str, int]:
+        """Vocabulary tables the previous export already holds (same release, same row counts).
+
+        A full Athena vocabulary is hundreds of millions of rows; it changes a few times a year, the
+        clinical tables every night. Those tables' files are hard-linked into the new export.
+        """
+        previous = self.folder / MANIFEST
+        if manifest.vocabulary_version is None or not previous.exists():
+            return {}
+        before = json.loads(previous.read_text(encoding="utf-8"))
+        if before.get("vocabulary_version") != manifest.vocabulary_version:
+            return {}
+        same = {}
+        for name in vocabulary_table_names():
+            count = warehouse.execute(f"SELECT count(*) FROM main.{name}").fetchall()[0][0]
+            if before.get("tables", {}).get(name) == count and (self.folder / name).is_dir():
+                same[name] = count
+        return same
+
     def _swap_in(self, fresh: Path) -> None:
         old = self.folder.with_name(f".{self.folder.name}.old-{os.getpid()}")
         if self.folder.exists():
@@ -78,6 +104,13 @@ class ParquetFolder:
         for old in sorted(self.folder.parent.glob(f".{self.folder.name}.old-*")):
             old.rename(self.folder)
             return
+
+
+def _link_folder(source: Path, target: Path) -> None:
+    """Hard links: the new export shares the files, the old one stays whole until the swap."""
+    target.mkdir()
+    for path in source.iterdir():
+        os.link(path, target / path.name)
 
 
 def _sql_string(text: str) -> str:

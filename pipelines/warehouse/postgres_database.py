@@ -20,7 +20,7 @@ import duckdb
 from pipelines.cdm.ddl import statements
 from pipelines.cdm.spec import Schema, Table, cdm_schema
 from pipelines.errors import WarehouseError
-from pipelines.warehouse.cdm_tables import duckdb_type, quoted
+from pipelines.warehouse.cdm_tables import duckdb_type, quoted, vocabulary_table_names
 from pipelines.warehouse.targets import ExportManifest
 
 DEFAULT_SCHEMA = "cdm"
@@ -47,8 +47,10 @@ class PostgresDatabase:
         try:
             with connection.cursor() as cur:
                 self._ensure_tables(cur)
-                tables = cdm_schema().tables
+                reusable = self._unchanged_vocabulary(cur, warehouse, manifest)
+                tables = [t for t in cdm_schema().tables if t.name not in reusable]
                 cur.execute(f"TRUNCATE TABLE {', '.join(f'{self.schema}.{t.name}' for t in tables)}")
+                rows.update(reusable)
                 for table in tables:
                     rows[table.name] = warehouse.execute(
                         f"SELECT count(*) FROM main.{table.name}"
@@ -67,6 +69,26 @@ class PostgresDatabase:
         finally:
             connection.close()
         return rows
+
+    def _unchanged_vocabulary(
+        self, cur, warehouse: duckdb.DuckDBPyConnection, manifest: ExportManifest
+    ) -> dict[str, int]:
+        """Vocabulary tables the database already holds (same release, same row counts): kept as they
+        are, since a full Athena vocabulary takes far longer to reload than the clinical tables."""
+        if manifest.vocabulary_version is None:
+            return {}
+        cur.execute(
+            f"SELECT max(vocabulary_version) FROM {self.schema}.vocabulary WHERE vocabulary_id = 'None'"
+        )
+        if cur.fetchall()[0][0] != manifest.vocabulary_version:
+            return {}
+        same = {}
+        for name in vocabulary_table_names():
+            count = warehouse.execute(f"SELECT count(*) FROM main.{name}").fetchall()[0][0]
+            cur.execute(f"SELECT count(*) FROM {self.schema}.{name}")
+            if cur.fetchall()[0][0] == count:
+                same[name] = count
+        return same
 
     def _ensure_tables(self, cur) -> None:
         """Create the CDM tables that are missing; refuse tables whose columns are not the CDM's."""
