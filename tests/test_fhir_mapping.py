@@ -243,3 +243,18 @@ def test_rows_pointing_at_a_sub_encounter_point_at_its_visit_and_visit_detail(
     condition = batch.tables["condition_occurrence"].row(0, named=True)
     assert condition["_ref__visit_occurrence_id"] == "fhir|Encounter/stay"
     assert condition["_ref__visit_detail_id"] == "fhir|Encounter/ward"
+
+
+def test_allergy_uses_the_value_as_concept_pattern(shared: Path, vocab: Vocabulary) -> None:
+    batch = map_fhir([shared / "samples/fhir/hl7_r4_examples/AllergyIntolerance-example.json"], vocab)
+    row = batch.tables["observation"].row(0, named=True)
+    assert row["observation_concept_id"] == 439224  # Allergy to drug
+    assert row["observation_source_value"] == row["value_source_value"] == "227493005"  # cashew nuts
+    assert str(row["observation_date"]) == "2004-01-01"  # onsetDateTime "2004" -> first day of the year
+
+
+def test_absent_coded_elements_stay_null_not_0(shared: Path, vocab: Vocabulary) -> None:
+    path = next((shared / "samples/fhir/synthea_r4_bundles").glob("Barney_Abbott_*.json"))
+    visits = map_fhir([path], vocab).tables["visit_occurrence"]
+    assert visits["admitted_from_concept_id"].null_count() == visits.height  # no hospitalization element
+    assert set(visits["visit_concept_id"].to_list()) <= {9201, 9202, 9203}

@@ -226,7 +226,9 @@ class _Output:
             column = {"concept": "concept_id", "source_concept": "source_concept_id", "code": "source_value"}[
                 key
             ]
-            return resolved[column]
+            # An absent element has no concept (null); a present but unmapped one has concept 0.
+            present = resolved["source_value"].is_not_null()
+            return pl.select(pl.when(present).then(resolved[column])).to_series()
         if key == "unit":
             return self.unit(value)["unit_concept_id"]
         raise MappingError(f"{self.where}: unknown value kind {key!r}")
@@ -435,7 +437,12 @@ class _Output:
                 "_row",
                 pl.lit(int(concept_spec["const"]), dtype=pl.Int32).alias("concept_id"),
                 pl.lit(0, dtype=pl.Int32).alias("source_concept_id"),
-                pl.lit(None, dtype=pl.Utf8).alias("source_value"),
+                # value-as-concept pattern: the fixed concept says what, the source value keeps the code
+                (
+                    cols["value_concept_source_value"]
+                    if "value_concept_source_value" in cols
+                    else pl.lit(None, dtype=pl.Utf8)
+                ).alias("source_value"),
                 pl.lit(None, dtype=pl.Utf8).alias("domain_id"),
                 pl.lit(None, dtype=pl.Int32).alias("value_as_concept_id"),
                 pl.lit(1, dtype=pl.UInt32).alias("_fan"),
