@@ -8,9 +8,10 @@ import dagster as dg
 from pipelines.defs.cdm import CLINICAL_TABLES
 from pipelines.defs.derived import DERIVED_TABLES
 from pipelines.defs.settings import PasserelleSettings
+from pipelines.job.pipeline import status_counts
 
 _CHECKED_TABLES = [*CLINICAL_TABLES, *DERIVED_TABLES]
-_RESULTS = "results.json"
+_TABLE_SUMMARY = "table_status_counts.json"  # written by dqd_results for the per-table checks
 
 
 @dg.asset(
@@ -36,16 +37,15 @@ def dqd_results(settings: PasserelleSettings):
     out = settings.quality_folder
     with connect(settings.warehouse_path, read_only=True) as con:
         results = run_dqd(con, out_dir=out)
-    statuses = results.status_counts()
+    statuses = status_counts(results.results)
     fatal = results.fatal_failures()
+    per_table = {table: status_counts(rows) for table, rows in results.by_table().items()}
+    (out / _TABLE_SUMMARY).write_text(json.dumps(per_table, indent=1, sort_keys=True))
     yield dg.MaterializeResult(
         metadata={
             "checks": dg.MetadataValue.int(sum(statuses.values())),
-            "passed": dg.MetadataValue.int(statuses.get("passed", 0)),
-            "failed": dg.MetadataValue.int(statuses.get("failed", 0)),
-            "not_applicable": dg.MetadataValue.int(statuses.get("not_applicable", 0)),
-            "errors": dg.MetadataValue.int(statuses.get("error", 0)),
-            "report": dg.MetadataValue.path(str(out / "report.html")),
+            **{status: dg.MetadataValue.int(n) for status, n in sorted(statuses.items())},
+            "report": dg.MetadataValue.path(str(out / "dq_report.html")),
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
@@ -70,13 +70,8 @@ def dqd_results(settings: PasserelleSettings):
 )
 def dqd_table_checks(context: dg.AssetCheckExecutionContext, settings: PasserelleSettings):
     """One check per table, from the DQD results: passes when none of its checks failed."""
-    results = json.loads((settings.quality_folder / _RESULTS).read_text())
-    by_table: dict[str, dict[str, int]] = {t: {} for t in _CHECKED_TABLES}
-    for check in results.get("CheckResults", []):
-        table = str(check.get("cdmTableName", "")).lower()
-        if table in by_table:
-            status = _status(check)
-            by_table[table][status] = by_table[table].get(status, 0) + 1
+    per_table = json.loads((settings.quality_folder / _TABLE_SUMMARY).read_text())
+    by_table = {table: per_table.get(table, {}) for table in _CHECKED_TABLES}
     selected = {key.asset_key.path[-1] for key in context.selected_asset_check_keys}
     for table, counts in by_table.items():
         if table not in selected:
@@ -84,15 +79,7 @@ def dqd_table_checks(context: dg.AssetCheckExecutionContext, settings: Passerell
         yield dg.AssetCheckResult(
             asset_key=table,
             check_name="dqd",
-            passed=counts.get("failed", 0) == 0 and counts.get("error", 0) == 0,
+            passed=counts.get("FAIL", 0) == 0 and counts.get("ERROR", 0) == 0,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={status: dg.MetadataValue.int(n) for status, n in sorted(counts.items())},
         )
-
-
-def _status(check: dict) -> str:
-    if check.get("isError"):
-        return "error"
-    if check.get("notApplicable"):
-        return "not_applicable"
-    return "failed" if check.get("failed") else "passed"

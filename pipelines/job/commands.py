@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.job.pipeline import RunOptions, RunSummary, run_pipeline
+from pipelines.job.pipeline import RunOptions, RunSummary, planned_steps, run_pipeline
 
 _console = Console(stderr=True)
 
@@ -77,13 +77,28 @@ def run(fhir, openehr, vocab, warehouse, parquet, postgres, omocl, extraction_da
 
 
 def _run_with_progress(options: RunOptions) -> RunSummary:
-    with _console.status("starting") as status:
+    """One bar over the run's steps; each step's name and time are kept on screen as it finishes."""
+    steps = planned_steps(options)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=_console, transient=True) as bar:
+        task = bar.add_task("starting", total=len(steps))
+        started: list[str] = []
 
         def progress(step: str) -> None:
-            status.update(f"[bold]{step}[/bold] …")
-            _console.log(f"{step}")
+            if started:
+                bar.advance(task)
+            started.append(step)
+            bar.update(task, description=step)
 
-        return run_pipeline(options, progress)
+        summary = run_pipeline(options, progress)
+        bar.advance(task)
+    return summary
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -151,18 +166,19 @@ def demo(folder: Path, patients: int, seed: int) -> None:
         openehr=[sources / "openehr"],
         warehouse=warehouse,
         parquet=folder / "parquet",
-        extraction_date=date(2026, 1, 1),
         quality_out=folder / "quality",
     )
     summary = _run_with_progress(options)
     print_summary(summary)
     console = Console()
-    console.print(f"\n[bold]Demo sources[/bold]: {sources}\n[bold]Warehouse[/bold]: {warehouse}")
-    console.print(f"[bold]Parquet export[/bold]: {folder / 'parquet'}")
-    console.print(f"[bold]Quality report[/bold]: {folder / 'quality' / 'report.html'}")
+    console.print(f"Demo sources: {sources}")
+    console.print("\nTry a query (the ten most frequent measurements):")
     console.print(
-        "\nTry a query:\n  .venv/bin/python -c \"import duckdb; print(duckdb.connect('"
-        f"{warehouse}', read_only=True).sql('{DEMO_QUERY}'))\""
+        f"  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{warehouse}', read_only=True)"
+        f".sql('{DEMO_QUERY}'))\"",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,20 @@ class RunSummary:
 Progress = Callable[[str], None]
 
 
+STEPS = ("vocabulary", "FHIR", "openEHR", "load", "derived tables", "exports", "quality checks")
+
+
+def planned_steps(options: RunOptions) -> list[str]:
+    """The steps ``run_pipeline`` will take with these options, in order (for progress bars)."""
+    skip = {
+        "FHIR": not options.fhir,
+        "openEHR": not options.openehr,
+        "exports": options.parquet is None and options.postgres is None,
+        "quality checks": options.quality_out is None,
+    }
+    return [s for s in STEPS if not skip.get(s, False)]
+
+
 def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSummary:
     """Run every step; raises PasserelleError on a problem the user can fix."""
     if not options.fhir and not options.openehr:
@@ -83,29 +98,39 @@ def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSu
     summary.inputs, summary.mapped, summary.filtered = batch.inputs, batch.mapped, batch.filtered
     summary.coverage = _coverage(batch)
 
-    from pipelines.warehouse import load_batch, open_targets
+    from pipelines.warehouse import export_cdm, load_batch, open_targets
+    from pipelines.warehouse.targets import system_of_record
 
     with step("load"):
         targets = open_targets(options.warehouse, options.parquet, options.postgres)
-        report = load_batch(batch, targets, vocab=vocab)
+        # Exports wait for the derived tables, so they carry the whole CDM.
+        report = load_batch(batch, targets, vocab=vocab, export=False)
         summary.rows = dict(report.rows)
         summary.quarantined = dict(report.quarantined)
-        summary.outputs.update(report.outputs)
+    warehouse = system_of_record(targets).path
+    summary.outputs["warehouse"] = str(warehouse)
 
-    if options.warehouse is not None:
-        from pipelines.derive import derive_all
-        from pipelines.warehouse.duckdb_file import connect
+    from pipelines.derive import derive_all
+    from pipelines.warehouse.duckdb_file import connect
 
-        with step("derived tables"), connect(options.warehouse) as con:
-            summary.derived = derive_all(con, extraction_date=options.extraction_date)
+    with step("derived tables"), connect(warehouse) as con:
+        summary.derived = derive_all(con, extraction_date=options.extraction_date)
 
-        if options.quality_out is not None:
-            from pipelines.quality import run_dqd
+    if options.parquet is not None or options.postgres is not None:
+        with step("exports"):
+            export_cdm(warehouse, parquet=options.parquet, postgres=options.postgres, run_id=report.run_id)
+        if options.parquet is not None:
+            summary.outputs["parquet"] = str(options.parquet)
+        if options.postgres is not None:
+            summary.outputs["postgres"] = "loaded"  # the URL may carry a password: not printed
 
-            with step("quality checks"), connect(options.warehouse, read_only=True) as con:
-                results = run_dqd(con, out_dir=options.quality_out)
-                summary.quality = results.status_counts()
-                summary.outputs["quality report"] = str(options.quality_out / "report.html")
+    if options.quality_out is not None:
+        from pipelines.quality import run_dqd
+
+        with step("quality checks"), connect(warehouse, read_only=True) as con:
+            results = run_dqd(con, out_dir=options.quality_out)
+            summary.quality = status_counts(results.results)
+            summary.outputs["quality report"] = str(options.quality_out / "dq_report.html")
     return summary
 
 
@@ -118,3 +143,8 @@ def _coverage(batch: MappedBatch) -> float | None:
             total += frame.height
             mapped += int((frame[column] > 0).sum())
     return round(mapped / total, 4) if total else None
+
+
+def status_counts(results: list) -> dict[str, int]:
+    """DQD checks by status (PASS, FAIL, NOT APPLICABLE, ERROR)."""
+    return dict(Counter(r.status for r in results))
