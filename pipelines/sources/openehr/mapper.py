@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from pipelines.cdm.spec import cdm_schema
 from pipelines.mapping.batch import QUARANTINE_SCHEMA, MappedBatch
 from pipelines.mapping.omocl.engine import apply_catalogue
 from pipelines.mapping.omocl.grammar import load_catalogue
@@ -63,7 +64,9 @@ def map_openehr(
     tables = clinical_tables(clinical, vocab, settings, resolve_concepts, resolve_units)
     visits, visit_of = visit_rows(candidates, tables, export, settings)
     for name, frame in tables.items():
-        tables[name] = frame.join(visit_of, on="composition_uid", how="left").drop("composition_uid")
+        if "visit_occurrence_id" in cdm_schema().table(name).column_names:  # not on death, specimen
+            frame = frame.join(visit_of, on="composition_uid", how="left")
+        tables[name] = frame.drop("composition_uid")
     persons, person_quarantine = person_rows(candidates, export, settings, vocab, resolve_concepts)
     if visits.height:
         tables["visit_occurrence"] = visits
