@@ -226,16 +226,17 @@ def _distinct_keys(keys: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame]:
     """(slot of every row, the distinct key rows): ``keys[i] == distinct[slot[i]]`` for every row i.
 
     Rows are grouped by a 64-bit hash of their key columns (integer grouping is several times faster
-    than grouping strings); a second, independent 64-bit hash must then agree within every group.
-    Two different keys would have to collide on both (odds around 1e-29 for 10^5 distinct keys) to
-    share a slot; if the second hash ever disagrees, the exact string grouping is used instead.
+    than grouping strings); then a second, independent 64-bit hash of the last column (the code) must
+    agree within every group. Two keys with different codes share a slot only if both hashes collide
+    (odds around 1e-29 for 10^5 distinct codes); keys with the same code only if two of the few code
+    systems collide on the first hash (around 1e-14 for a thousand systems). If the second hash ever
+    disagrees, the exact string grouping is used instead.
     """
     columns = keys.columns
-    first_hash = second_hash = pl.lit(0, dtype=pl.UInt64)
+    first_hash = pl.lit(0, dtype=pl.UInt64)
     for seed, column in enumerate(columns, start=1):
         first_hash = first_hash ^ pl.col(column).hash(seed=seed)
-        second_hash = second_hash ^ pl.col(column).hash(seed=seed + 100)
-    hashes = keys.select(first_hash.alias("h"), second_hash.alias("check"))
+    hashes = keys.select(first_hash.alias("h"), pl.col(columns[-1]).hash(seed=101).alias("check"))
     groups = hashes.select("h").with_row_index("row").group_by("h").agg(pl.col("row")).get_column("row")
     sizes = groups.list.len().to_numpy()
     slot = np.empty(keys.height, dtype=np.uint32)
