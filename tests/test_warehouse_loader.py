@@ -65,6 +65,14 @@ def test_columns_outside_the_contract_are_refused_by_name(warehouse_path: Path) 
         _load(warehouse_path, no_lineage)
 
 
+def test_empty_frames_of_any_shape_add_nothing(warehouse_path: Path) -> None:
+    batch = first_batch()
+    batch.tables["observation"] = pl.DataFrame()
+    batch.tables["condition_occurrence"] = pl.DataFrame(schema={"_key": pl.Utf8})
+    report = _load(warehouse_path, batch)
+    assert report.inserted == {"person": 2, "visit_occurrence": 2, "measurement": 3}
+
+
 def test_bad_and_missing_values_go_to_quarantine_with_the_column_named(warehouse_path: Path) -> None:
     batch = first_batch()
     bad = measurements(

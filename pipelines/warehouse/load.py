@@ -79,7 +79,8 @@ def load_batch(
     """
     warehouse = system_of_record(targets)
     schema = cdm_schema()
-    for name, frame in batch.tables.items():
+    tables = {name: frame for name, frame in batch.tables.items() if frame.height}  # empty ones add nothing
+    for name, frame in tables.items():
         if name not in schema.table_names:
             raise WarehouseError(f"batch table {name!r} is not an OMOP CDM v5.4 table")
         staging.check_frame(name, schema.table(name), frame)
@@ -102,10 +103,10 @@ def load_batch(
                     f"SELECT coalesce(max(run_id), 0) + 1 FROM {SIDE_SCHEMA}.run_log"
                 ).fetchall()[0][0]
             report = LoadReport(run_id=run_id, outputs={t.name: t.location for t in targets})
-            _remove_records(con, batch, report)
+            _remove_records(con, tables, batch.deletions, report)
             for name in load_order():
-                if name in batch.tables:
-                    _load_table(con, schema.table(name), batch.tables[name], run_id, report)
+                if name in tables:
+                    _load_table(con, schema.table(name), tables[name], run_id, report)
             _settle_orphans(con, run_id, report)
             _store_mapper_quarantine(con, batch.quarantine, run_id, report)
             version = vocabulary_version or warehouse_vocabulary_version(con)
@@ -133,10 +134,15 @@ def load_batch(
     return report
 
 
-def _remove_records(con: duckdb.DuckDBPyConnection, batch: MappedBatch, report: LoadReport) -> None:
+def _remove_records(
+    con: duckdb.DuckDBPyConnection,
+    tables: dict[str, pl.DataFrame],
+    deletions: pl.DataFrame,
+    report: LoadReport,
+) -> None:
     """Take out every row of the records this batch brings again or deletes, and their lineage."""
-    brought = [f.select(pl.col("_record_key").cast(pl.Utf8)) for f in batch.tables.values()]
-    deleted = batch.deletions.select(pl.col("_record_key").cast(pl.Utf8))
+    brought = [f.select(pl.col("_record_key").cast(pl.Utf8)) for f in tables.values()]
+    deleted = deletions.select(pl.col("_record_key").cast(pl.Utf8))
     affected = pl.concat([*brought, deleted]).drop_nulls().unique()
     report.records_loaded = pl.concat(brought).n_unique() if brought else 0
     con.register("_affected_frame", affected)
