@@ -258,3 +258,27 @@ def test_absent_coded_elements_stay_null_not_0(shared: Path, vocab: Vocabulary) 
     visits = map_fhir([path], vocab).tables["visit_occurrence"]
     assert visits["admitted_from_concept_id"].null_count() == visits.height  # no hospitalization element
     assert set(visits["visit_concept_id"].to_list()) <= {9201, 9202, 9203}
+
+
+def test_history_bundle_keeps_the_newest_version_and_argonaut_race(tmp_path: Path, vocab: Vocabulary) -> None:
+    def version(number: str, gender: str) -> dict:
+        race = {
+            "url": "http://fhir.org/guides/argonaut/StructureDefinition/argo-race",
+            "extension": [{"url": "ombCategory", "valueCoding": {"code": "2054-5"}}],
+        }
+        patient = {"resourceType": "Patient", "id": "h1", "meta": {"versionId": number}, "gender": gender}
+        return {"resource": {**patient, "birthDate": "1980-02-29", "extension": [race]}}
+
+    history = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [version("2", "female"), version("1", "male")],
+    }
+    batch = map_fhir([_write(tmp_path / "h.json", history)], vocab)
+    person = batch.tables["person"].row(0, named=True)
+    assert (person["gender_concept_id"], person["_record_version"], person["race_concept_id"]) == (
+        8532,
+        "2",
+        8516,
+    )
+    assert person["day_of_birth"] == 29

@@ -205,7 +205,10 @@ class _Staging:
                     self.inputs[kind] += 1
                     self.filtered[f"{kind}: inside a {bundle.type} Bundle (a server's reply)"] += 1
             return
-        for index, entry in enumerate(entries):
+        order = list(enumerate(entries))
+        if bundle.type == "history":
+            order.reverse()  # a history lists the newest version first; read it last so it wins
+        for index, entry in order:
             entry_position = position if in_ndjson else index
             method = (entry.request.method or "").upper() if entry.request else ""
             if method == "DELETE":
