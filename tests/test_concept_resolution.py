@@ -213,3 +213,44 @@ def test_local_map_file_in_an_unknown_format_is_named_in_the_error(tmp_path, mon
 
     with pytest.raises(PasserelleError, match=r"notes\.csv"):
         resolve_concepts(_one("LOINC", "8867-4"), vocab)
+
+
+def test_a_hash_collision_falls_back_to_exact_grouping(starter, monkeypatch):
+    import pipelines.mapping.concepts as concepts
+
+    monkeypatch.setattr(concepts, "_grouping_hash", lambda column, seed: pl.lit(7, dtype=pl.UInt64))
+    frame = pl.DataFrame(
+        {"system": ["LOINC", "LOINC", "SNOMED", "LOINC"], "code": ["8867-4", "8480-6", "44054006", "8867-4"]}
+    )
+    assert resolve_concepts(frame, starter)["concept_id"].to_list() == [3027018, 3004249, 201826, 3027018]
+    units = resolve_units(pl.DataFrame({"unit": ["kg", "cm", "kg"]}), starter)
+    assert units["unit_concept_id"].to_list() == [9529, 8582, 9529]
+
+
+def test_maps_to_value_gives_value_as_concept_id(shared, tmp_path, monkeypatch):
+    # A site-local concept (ids above 2,000,000,000 are OMOP's range for them) mapped the way OHDSI maps
+    # "encounter for general examination" codes: Maps to 4203722 Patient encounter procedure, Maps to
+    # value 4036803 General examination of patient (both real concepts of the shard).
+    monkeypatch.setenv("PASSERELLE_CACHE_DIR", str(tmp_path / "cache"))
+    shard = shared / "reference/vocab/synthea27nj_shard"
+    folder = tmp_path / "vocab"
+    folder.mkdir()
+    concept = pl.read_csv(shard / "CONCEPT.csv", infer_schema=False).filter(
+        pl.col("concept_id").is_in(["4203722", "4036803"])
+    )
+    local = (
+        "2000000001,General exam (site code),Observation,SiteCodes,Procedure,,GENEX,1970-01-01,2099-12-31,\n"
+    )
+    (folder / "CONCEPT.csv").write_text(concept.write_csv() + local)
+    (folder / "CONCEPT_RELATIONSHIP.csv").write_text(
+        "concept_id_1,concept_id_2,relationship_id,valid_start_date,valid_end_date,invalid_reason\n"
+        "2000000001,4203722,Maps to,1970-01-01,2099-12-31,\n"
+        "2000000001,4036803,Maps to value,1970-01-01,2099-12-31,\n"
+    )
+    vocab = load_vocabulary(folder, local_maps=tmp_path / "none")
+    row = resolve_concepts(_one("SiteCodes", "GENEX"), vocab).row(0, named=True)
+    assert (row["concept_id"], row["value_as_concept_id"], row["domain_id"]) == (
+        4203722,
+        4036803,
+        "Observation",
+    )

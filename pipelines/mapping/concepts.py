@@ -235,7 +235,7 @@ def _distinct_keys(keys: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame]:
     columns = keys.columns
     first_hash = pl.lit(0, dtype=pl.UInt64)
     for seed, column in enumerate(columns, start=1):
-        first_hash = first_hash ^ pl.col(column).hash(seed=seed)
+        first_hash = first_hash ^ _grouping_hash(column, seed)
     hashes = keys.select(first_hash.alias("h"), pl.col(columns[-1]).hash(seed=101).alias("check"))
     groups = hashes.select("h").with_row_index("row").group_by("h").agg(pl.col("row")).get_column("row")
     sizes = groups.list.len().to_numpy()
@@ -252,6 +252,10 @@ def _distinct_keys(keys: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame]:
         np.arange(exact.height, dtype=np.uint32), rows.list.len().to_numpy()
     )
     return pl.Series(slot), exact.drop("row")
+
+
+def _grouping_hash(column: str, seed: int) -> pl.Expr:
+    return pl.col(column).hash(seed=seed)
 
 
 def _find(vocabulary_id: pl.Series, code: pl.Series, lookup: pl.DataFrame) -> pl.DataFrame:
