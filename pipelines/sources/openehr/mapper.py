@@ -20,8 +20,10 @@ from pipelines.mapping.batch import QUARANTINE_SCHEMA, MappedBatch
 from pipelines.mapping.omocl.engine import apply_catalogue
 from pipelines.mapping.omocl.grammar import load_catalogue
 from pipelines.project_files import data_dir
+from pipelines.sources.openehr.persons import person_rows
 from pipelines.sources.openehr.reader import COMPOSITION, EHR_STATUS, OpenEhrExport, read_openehr
-from pipelines.sources.openehr.tables import clinical_tables, person_rows, visit_rows
+from pipelines.sources.openehr.tables import clinical_tables
+from pipelines.sources.openehr.visits import visit_rows
 
 SOURCE = "openehr"
 

@@ -1,20 +1,18 @@
-"""Candidate rows of the OMOCL engine to CDM v5.4 table frames (MappedBatch contract).
+"""Clinical candidate rows of the OMOCL engine to CDM v5.4 table frames (MappedBatch contract).
 
 Codes are resolved with the shared ``resolve_concepts``/``resolve_units`` (the same step FHIR codes
 take); the standard concept's domain picks the table (``_engine/domains.yaml``), else the OMOCL
-type does. Persons come from the EHRs, visits from ADMIN_ENTRY visit mappings, case identifiers,
-or one derived visit per composition context (its setting chooses the visit concept).
+type does. Persons (persons.py) and visits (visits.py) are built beside these.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from pipelines.mapping.batch import QUARANTINE_SCHEMA
 from pipelines.mapping.omocl.grammar import ROW_TABLES
 
 SOURCE = "openehr"
-_SOURCE_VALUE_LENGTH = 50
+SOURCE_VALUE_LENGTH = 50  # CDM varchar(50) of *_source_value
 _CONCEPT_PARTS = ("concept", "qualifier", "route", "status", "site")
 
 
@@ -154,13 +152,14 @@ def _lineage() -> list[pl.Expr]:
     ]
 
 
-def _text(column: str) -> pl.Expr:
-    return pl.col(column).cast(pl.Utf8).str.slice(0, _SOURCE_VALUE_LENGTH)
+def source_text(column: str) -> pl.Expr:
+    """A source value as the CDM holds it (varchar(50))."""
+    return pl.col(column).cast(pl.Utf8).str.slice(0, SOURCE_VALUE_LENGTH)
 
 
 def _value_source() -> pl.Expr:
-    return _text("value_code").fill_null(
-        pl.when(pl.col("value_type").is_in(["DV_TEXT", "DV_CODED_TEXT"])).then(_text("value_text"))
+    return source_text("value_code").fill_null(
+        pl.when(pl.col("value_type").is_in(["DV_TEXT", "DV_CODED_TEXT"])).then(source_text("value_text"))
     )
 
 
@@ -177,7 +176,7 @@ def _measurement(f: pl.DataFrame) -> pl.DataFrame:
         unit_concept_id="unit_concept_id",
         range_low="range_low",
         range_high="range_high",
-        measurement_source_value=_text("source_value"),
+        measurement_source_value=source_text("source_value"),
         measurement_source_concept_id="source_concept_id",
         unit_source_value="unit_source_value",
         value_source_value=_value_source(),
@@ -198,10 +197,10 @@ def _observation(f: pl.DataFrame) -> pl.DataFrame:
         value_as_concept_id="value_as_concept_id",
         qualifier_concept_id="qualifier_concept_id",
         unit_concept_id="unit_concept_id",
-        observation_source_value=_text("source_value"),
+        observation_source_value=source_text("source_value"),
         observation_source_concept_id="source_concept_id",
         unit_source_value="unit_source_value",
-        qualifier_source_value=_text("qualifier_code"),
+        qualifier_source_value=source_text("qualifier_code"),
         value_source_value=_value_source(),
     )
 
@@ -216,9 +215,9 @@ def _condition(f: pl.DataFrame) -> pl.DataFrame:
         condition_end_datetime="end",
         condition_type_concept_id="type_concept_id",
         condition_status_concept_id="status_concept_id",
-        condition_source_value=_text("source_value"),
+        condition_source_value=source_text("source_value"),
         condition_source_concept_id="source_concept_id",
-        condition_status_source_value=_text("status_code"),
+        condition_status_source_value=source_text("status_code"),
     )
 
 
@@ -234,9 +233,9 @@ def _drug(f: pl.DataFrame) -> pl.DataFrame:
         drug_type_concept_id="type_concept_id",
         quantity="quantity",
         route_concept_id="route_concept_id",
-        drug_source_value=_text("source_value"),
+        drug_source_value=source_text("source_value"),
         drug_source_concept_id="source_concept_id",
-        route_source_value=_text("route_code"),
+        route_source_value=source_text("route_code"),
     )
 
 
@@ -250,7 +249,7 @@ def _procedure(f: pl.DataFrame) -> pl.DataFrame:
         procedure_end_datetime="end",
         procedure_type_concept_id="type_concept_id",
         quantity=pl.col("quantity").round().cast(pl.Int64),
-        procedure_source_value=_text("source_value"),
+        procedure_source_value=source_text("source_value"),
         procedure_source_concept_id="source_concept_id",
     )
 
@@ -264,10 +263,10 @@ def _device(f: pl.DataFrame) -> pl.DataFrame:
         device_exposure_end_date=pl.col("end").dt.date(),
         device_exposure_end_datetime="end",
         device_type_concept_id="type_concept_id",
-        unique_device_id=_text("unique_device_id"),
-        production_id=_text("production_id"),
+        unique_device_id=source_text("unique_device_id"),
+        production_id=source_text("production_id"),
         quantity=pl.col("quantity").round().cast(pl.Int64),
-        device_source_value=_text("source_value"),
+        device_source_value=source_text("source_value"),
         device_source_concept_id="source_concept_id",
         unit_concept_id="unit_concept_id",
         unit_source_value="unit_source_value",
@@ -284,8 +283,8 @@ def _specimen(f: pl.DataFrame) -> pl.DataFrame:
         quantity="quantity",
         unit_concept_id="unit_concept_id",
         anatomic_site_concept_id="site_concept_id",
-        specimen_source_id=_text("specimen_source_id"),
-        specimen_source_value=_text("source_value"),
+        specimen_source_id=source_text("specimen_source_id"),
+        specimen_source_value=source_text("source_value"),
         unit_source_value="unit_source_value",
     )
 
@@ -297,7 +296,7 @@ def _death(f: pl.DataFrame) -> pl.DataFrame:
         death_datetime="start",
         death_type_concept_id="type_concept_id",
         cause_concept_id=pl.when(pl.col("concept_const").is_null()).then("concept_id"),
-        cause_source_value=pl.when(pl.col("concept_const").is_null()).then(_text("source_value")),
+        cause_source_value=pl.when(pl.col("concept_const").is_null()).then(source_text("source_value")),
         cause_source_concept_id=pl.when(pl.col("concept_const").is_null()).then("source_concept_id"),
     )
 
@@ -312,167 +311,3 @@ _BUILDERS = {
     "specimen": _specimen,
     "death": _death,
 }
-
-
-def visit_rows(
-    candidates: pl.DataFrame, tables: dict, export, settings: dict
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Visit rows, and the visit key of each composition that has clinical rows.
-
-    A composition's visit is its case (context case identifier; all compositions of a case share
-    it), else its own ADMIN_ENTRY visit (hospitalisation, episode), else one derived from its context.
-    """
-    with_rows = pl.concat(
-        [t.select("composition_uid") for t in tables.values()]
-        or [pl.DataFrame(schema={"composition_uid": pl.Utf8})]
-    ).unique()
-    contexts = candidates.select(
-        "composition_uid",
-        "ehr_id",
-        "setting_code",
-        "context_start",
-        "context_end",
-        "earliest_time",
-        "latest_time",
-        "case_id",
-        "source_file",
-        "position",
-        "composition_version",
-    ).unique("composition_uid", keep="first")
-    real = (
-        candidates.filter(pl.col("omocl_type") == "Visit")
-        .group_by("composition_uid", maintain_order=True)
-        .agg(
-            pl.col("concept_const").drop_nulls().first().alias("real_concept"),
-            pl.col("start").min().alias("real_start"),
-            pl.col("end").max().alias("real_end"),
-            pl.col("archetype").first().alias("real_archetype"),
-        )
-    )
-    members = (
-        contexts.join(real, on="composition_uid", how="left")
-        .filter(
-            pl.col("composition_uid").is_in(with_rows["composition_uid"].implode())
-            | pl.col("real_start").is_not_null()
-        )
-        .with_columns(
-            pl.when(pl.col("case_id").is_not_null())
-            .then(pl.lit(f"{SOURCE}|visit/") + pl.col("ehr_id") + "/case/" + pl.col("case_id"))
-            .otherwise(pl.lit(f"{SOURCE}|visit/") + pl.col("composition_uid"))
-            .alias("visit_key"),
-            pl.min_horizontal("context_start", "earliest_time").alias("member_start"),
-            pl.max_horizontal("context_end", "context_start", "latest_time").alias("member_end"),
-        )
-    )
-    setting_concepts = {code: row["concept"] for code, row in settings["settings"]["settings"].items()}
-    unknown = settings["settings"]["unknown_setting"]
-    visits = (
-        members.group_by("visit_key", maintain_order=True)
-        .agg(
-            pl.col("ehr_id").first(),
-            pl.col("real_concept").drop_nulls().first(),
-            pl.col("setting_code").drop_nulls().first(),
-            pl.col("case_id").first(),
-            pl.min_horizontal(pl.col("real_start").min(), pl.col("member_start").min()).alias("visit_start"),
-            pl.max_horizontal(
-                pl.col("real_end").max(), pl.col("member_end").max(), pl.col("real_start").max()
-            ).alias("visit_end"),
-            pl.col("source_file").first(),
-            pl.col("position").first(),
-            pl.col("composition_uid").first(),
-            pl.col("composition_version").first(),
-            pl.col("real_archetype").drop_nulls().first(),
-        )
-        .filter(pl.col("visit_start").is_not_null())
-    )
-    derived = pl.col("real_concept").is_null()
-    frame = visits.select(
-        _key="visit_key",
-        _record_key="visit_key",
-        _source_format=pl.lit(SOURCE),
-        _source_file="source_file",
-        _position="position",
-        _record_type=pl.coalesce("real_archetype", pl.lit("EVENT_CONTEXT")),
-        _record_id="composition_uid",
-        _record_version="composition_version",
-        _ref__person_id=pl.lit(f"{SOURCE}|ehr/") + pl.col("ehr_id"),
-        visit_concept_id=pl.coalesce(
-            "real_concept",
-            pl.col("setting_code").replace_strict(setting_concepts, default=unknown, return_dtype=pl.Int64),
-        ),
-        visit_start_date=pl.col("visit_start").dt.date(),
-        visit_start_datetime="visit_start",
-        visit_end_date=pl.col("visit_end").dt.date(),
-        visit_end_datetime="visit_end",
-        visit_type_concept_id=pl.lit(settings["demographics"]["type_concept_id"]),
-        visit_source_value=pl.coalesce(
-            pl.col("case_id").str.slice(0, _SOURCE_VALUE_LENGTH),
-            pl.when(derived).then(pl.lit("derived:setting/") + pl.col("setting_code").fill_null("none")),
-        ),
-    )
-    visit_of = members.filter(pl.col("composition_uid").is_in(with_rows["composition_uid"].implode())).select(
-        "composition_uid", _ref__visit_occurrence_id="visit_key"
-    )
-    return frame, visit_of
-
-
-def person_rows(
-    candidates: pl.DataFrame, export, settings: dict, vocab, resolve_concepts
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One person per EHR with a known year of birth; the other EHRs are quarantined ("no birth year")."""
-    demographics = settings["demographics"]
-    people = candidates.filter(pl.col("omocl_type") == "Person")
-    genders = {k.lower(): v for k, v in demographics["gender"].items()}
-    facts = (
-        people.with_columns(
-            pl.coalesce(
-                "gender_const",
-                (
-                    pl.col("gender_system").str.to_lowercase()
-                    + "::"
-                    + pl.col("gender_code").str.to_lowercase()
-                ).replace_strict(genders, default=None, return_dtype=pl.Int64),
-            ).alias("gender_concept_id"),
-            pl.coalesce(pl.col("birth").dt.year().cast(pl.Int64), "birth_year").alias("year"),
-        )
-        .group_by("ehr_id", maintain_order=True)
-        .agg(
-            pl.col("year").drop_nulls().first(),
-            pl.col("birth").drop_nulls().first(),
-            pl.col("gender_concept_id").filter(pl.col("gender_concept_id") > 0).first(),
-            pl.col("gender_code").drop_nulls().first(),
-            pl.col("ethnicity_const").drop_nulls().first(),
-        )
-    )
-    ehrs = export.ehrs.join(facts, on="ehr_id", how="left")
-    known = ehrs.filter(pl.col("year").is_not_null())
-    persons = known.select(
-        _key=pl.lit(f"{SOURCE}|ehr/") + pl.col("ehr_id"),
-        _record_key=pl.lit(f"{SOURCE}|ehr/") + pl.col("ehr_id"),
-        _source_format=pl.lit(SOURCE),
-        _source_file="source_file",
-        _record_type=pl.lit("EHR"),
-        _record_id="ehr_id",
-        gender_concept_id=pl.col("gender_concept_id").fill_null(0),
-        year_of_birth="year",
-        month_of_birth=pl.col("birth").dt.month(),
-        day_of_birth=pl.col("birth").dt.day(),
-        birth_datetime="birth",
-        race_concept_id=pl.lit(0),
-        ethnicity_concept_id=pl.col("ethnicity_const").fill_null(0),
-        person_source_value=pl.col("ehr_id").str.slice(0, _SOURCE_VALUE_LENGTH),
-        gender_source_value=_text("gender_code"),
-    )
-    quarantine = ehrs.filter(pl.col("year").is_null()).select(
-        source_format=pl.lit(SOURCE),
-        source_file="source_file",
-        position=pl.lit(None, pl.Int64),
-        record_type=pl.lit("EHR"),
-        record_id="ehr_id",
-        reason_code=pl.lit("no_birth_year"),
-        reason=pl.lit(
-            "no year of birth in the EHR (person data, birth or age archetypes): the CDM person needs one; "
-            "its clinical rows reference a person another source or a later batch must provide"
-        ),
-    )
-    return persons, quarantine.cast(QUARANTINE_SCHEMA)
