@@ -61,6 +61,24 @@ _NUMBERS = {
 }
 _TEXT = ("value_string", "sig", "lot_number", "stop_reason", "unique_device_id", "specimen_source_id")
 _KNOWN_FACETS = frozenset([*_CODEABLE, *_DATES, *_REFS, *_NUMBERS, *_TEXT, "unit", "operator"])
+# The kinds of value spec (docs/fhir.md, "Values"); a spec is a dict holding one of these keys.
+_VALUE_KINDS = (
+    "const",
+    "type_concept",
+    "lookup",
+    "ref",
+    "own",
+    "resolve",
+    "date",
+    "datetime",
+    "year",
+    "month",
+    "day",
+    "concept",
+    "source_concept",
+    "code",
+    "unit",
+)
 _CODING = pl.Struct({"system": pl.Utf8, "code": pl.Utf8, "display": pl.Utf8, "userSelected": pl.Boolean})
 _POLARS_TYPE = {
     "bigint": pl.Int64,
@@ -192,7 +210,10 @@ class _Output:
             return _coalesce([self.raw(s) for s in spec])
         if not isinstance(spec, dict) or not spec:
             raise MappingError(f"{self.where}: cannot read value {spec!r}")
-        (key, value), *_ = spec.items()
+        key = next((k for k in _VALUE_KINDS if k in spec), None)
+        if key is None:
+            raise MappingError(f"{self.where}: {spec!r} names no value kind ({', '.join(_VALUE_KINDS)})")
+        value = spec[key]
         if key == "const":
             return pl.repeat(value, rows.height, eager=True)
         if key == "type_concept":

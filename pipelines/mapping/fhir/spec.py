@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.cdm.spec import cdm_schema
 from pipelines.errors import PasserelleError
 from pipelines.mapping.fhir.paths import PathError, compile_path
 from pipelines.project_files import data_dir
@@ -142,6 +143,14 @@ def _check(path: Path, output: Output, common: Common) -> None:
         raise MappingError(
             f"{where}: unknown type concept {output.type_concept!r} (common/type_concepts.yaml)"
         )
+    if not output.routed:
+        try:
+            table = cdm_schema().table(output.table or "")
+        except KeyError as error:
+            raise MappingError(f"{where}: {output.table!r} is not an OMOP CDM v5.4 table") from error
+        unknown = set(output.columns) - set(table.column_names)
+        if unknown:
+            raise MappingError(f"{where}: {output.table} has no columns {sorted(unknown)}")
     for spec in [*output.facets.values(), *output.columns.values()]:
         for text in _paths(spec):
             try:
