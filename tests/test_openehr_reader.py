@@ -7,6 +7,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 
 import polars as pl
+import pytest
 from _openehr_compositions import (
     BLOOD_PRESSURE,
     blood_pressure,
@@ -19,7 +20,9 @@ from _openehr_compositions import (
     quantity,
 )
 
+from pipelines.errors import PasserelleError
 from pipelines.sources.openehr import read_openehr
+from pipelines.sources.openehr.times import configured_zone, parse_time
 
 EHR = "7d44b88c-4199-4bad-97dc-d78268e01398"
 OTHER_EHR = "2f1a7e0b-5d1c-4bd6-9a0e-9f3f2c7b1a10"
@@ -281,3 +284,28 @@ def test_every_shared_sample_composition_is_read(shared):
     )
     assert sorted(bp["value_number"].to_list()) == [1.0, 60.0]
     assert bp["event_time"].dt.date().to_list() == [date(2012, 9, 17)] * 2
+
+
+@pytest.mark.parametrize(
+    ("text", "zone", "value", "precision"),
+    [
+        ("2024-03-05T23:30:00Z", "Europe/Berlin", datetime(2024, 3, 6, 0, 30), "time"),
+        ("2024-03-05T23:30:00+01:00", "UTC", datetime(2024, 3, 5, 22, 30), "time"),
+        ("2024-03-05T23:30:00", "Europe/Berlin", datetime(2024, 3, 5, 23, 30), "time"),
+        ("2024-07-01T08:00:00.250-04:00", "Europe/Berlin", datetime(2024, 7, 1, 14, 0, 0, 250000), "time"),
+        ("20240305T101500+0100", "UTC", datetime(2024, 3, 5, 9, 15), "time"),
+        ("2019-04-17", "Europe/Berlin", datetime(2019, 4, 17), "day"),
+        ("2019-04", "Europe/Berlin", datetime(2019, 4, 1), "month"),
+        ("2019", "Europe/Berlin", datetime(2019, 1, 1), "year"),
+    ],
+)
+def test_times_follow_the_one_zone_rule_and_partial_dates_take_the_first_day(text, zone, value, precision):
+    read = parse_time(text, configured_zone(zone))
+    assert (read.value, read.precision) == (value, precision)
+
+
+def test_an_impossible_date_is_not_a_date_and_an_unknown_zone_is_a_user_error():
+    assert parse_time("2024-02-30", configured_zone("UTC")) is None
+    assert parse_time("yesterday", configured_zone("UTC")) is None
+    with pytest.raises(PasserelleError, match="unknown time zone 'Mars/Olympus'"):
+        configured_zone("Mars/Olympus")
