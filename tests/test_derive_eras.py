@@ -149,3 +149,35 @@ def test_era_ids_are_numbered_by_person_concept_and_start(cdm):
     assert rows(cdm, "SELECT list(drug_concept_id ORDER BY drug_era_id) FROM drug_era") == [
         ([OXYCODONE, ACETAMINOPHEN, LISINOPRIL, LISINOPRIL, LISINOPRIL],)
     ]
+
+
+def test_rebuilding_one_person_leaves_the_other_persons_eras_and_ids(cdm):
+    derive_all(cdm, extraction_date=d("2025-01-01"))
+    before = rows(cdm, "SELECT * FROM drug_era WHERE person_id = 20 ORDER BY drug_era_id")
+    insert(
+        cdm,
+        "drug_exposure",
+        records(
+            "person_id drug_concept_id drug_exposure_start_date drug_exposure_end_date",
+            [(21, LISINOPRIL_10, d("2021-02-15"), d("2021-03-01"))],  # 15 days after 2021-01-31
+        ),
+    )
+
+    counts = derive_all(cdm, person_ids=[21], extraction_date=d("2025-01-01"))
+
+    assert counts["drug_era"] == 1
+    assert rows(cdm, "SELECT * FROM drug_era WHERE person_id = 20 ORDER BY drug_era_id") == before
+    assert rows(
+        cdm,
+        "SELECT drug_era_id, drug_concept_id, drug_era_start_date, drug_era_end_date, drug_exposure_count,"
+        " gap_days FROM drug_era WHERE person_id = 21",
+    ) == [(5, LISINOPRIL, d("2021-01-01"), d("2021-03-01"), 2, 15)]
+
+
+def test_an_empty_person_list_rebuilds_no_person_rows(cdm):
+    derive_all(cdm, extraction_date=d("2025-01-01"))
+
+    counts = derive_all(cdm, person_ids=[], extraction_date=d("2025-01-01"))
+
+    assert counts == {"death": 0, "observation_period": 0, "condition_era": 0, "drug_era": 0, "cdm_source": 1}
+    assert rows(cdm, "SELECT count(*) FROM drug_era") == [(5,)]
