@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from pipelines.cdm.spec import cdm_schema
 from pipelines.sources.openehr.tables import SOURCE, SOURCE_VALUE_LENGTH
 
 
@@ -21,7 +22,11 @@ def visit_rows(
     it), else its own ADMIN_ENTRY visit (hospitalisation, episode), else one derived from its context.
     """
     with_rows = pl.concat(
-        [t.select("composition_uid") for t in tables.values()]
+        [
+            frame.select("composition_uid")
+            for name, frame in tables.items()
+            if "visit_occurrence_id" in cdm_schema().table(name).column_names  # a death is in no visit
+        ]
         or [pl.DataFrame(schema={"composition_uid": pl.Utf8})]
     ).unique()
     contexts = candidates.select(
