@@ -28,7 +28,7 @@ from functools import cache
 import polars as pl
 import yaml
 
-from pipelines.mapping.omocl.grammar import CUSTOM, INCLUDE, ROW_TABLES, Alternative, OmoclFile, RowMapping
+from pipelines.mapping.omocl.grammar import CUSTOM, INCLUDE, Alternative, OmoclFile, RowMapping
 from pipelines.project_files import data_dir
 
 _SEGMENT = re.compile(r"/([^/\[#]+)(?:\[([^\]]*)\])?(?:#(\d+))?")
@@ -404,7 +404,3 @@ def _birth_year(node: dict) -> dict | None:
     if recorded is None:
         return None
     return {"birth_year": int((recorded.year + recorded.timetuple().tm_yday / 366) - years)}
-
-
-def row_table(omocl_type: str) -> str:
-    return ROW_TABLES[omocl_type]
