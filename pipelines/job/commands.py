@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.job.pipeline import RunOptions, RunSummary, planned_steps, run_pipeline
+from pipelines.job.pipeline import RunOptions, RunSummary, check_options, planned_steps, run_pipeline
 
 _console = Console(stderr=True)
 
@@ -78,6 +78,7 @@ def run(fhir, openehr, vocab, warehouse, parquet, postgres, omocl, extraction_da
 
 def _run_with_progress(options: RunOptions) -> RunSummary:
     """One bar over the run's steps; each step's name and time are kept on screen as it finishes."""
+    check_options(options)  # before the bar, so an error is one clean line
     steps = planned_steps(options)
     columns = (
         SpinnerColumn(),
@@ -104,10 +105,11 @@ def _run_with_progress(options: RunOptions) -> RunSummary:
 def print_summary(summary: RunSummary) -> None:
     console = Console()
     inputs = Table(title="Input records", title_justify="left")
-    for column in ("type", "records", "mapped"):
+    for column in ("type", "records", "mapped", "filtered or quarantined"):
         inputs.add_column(column, justify="right" if column != "type" else "left")
     for kind, n in sorted(summary.inputs.items()):
-        inputs.add_row(kind, f"{n:,}", f"{summary.mapped.get(kind, 0):,}")
+        mapped = summary.mapped.get(kind, 0)
+        inputs.add_row(kind, f"{n:,}", f"{mapped:,}", f"{n - mapped:,}")
     console.print(inputs)
     rows = Table(title="OMOP rows written", title_justify="left")
     rows.add_column("table")

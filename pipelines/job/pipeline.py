@@ -59,8 +59,8 @@ def planned_steps(options: RunOptions) -> list[str]:
     return [s for s in STEPS if not skip.get(s, False)]
 
 
-def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSummary:
-    """Run every step; raises PasserelleError on a problem the user can fix."""
+def check_options(options: RunOptions) -> None:
+    """Fail fast, before any work, on options the user must fix."""
     if not options.fhir and not options.openehr:
         raise PasserelleError("nothing to load: give --fhir PATH and/or --openehr PATH")
     if options.warehouse is None and options.parquet is None and options.postgres is None:
@@ -68,6 +68,11 @@ def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSu
     for path in [*options.fhir, *options.openehr, *options.omocl]:
         if not path.exists():
             raise PasserelleError(f"{path}: no such file or folder")
+
+
+def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSummary:
+    """Run every step; raises PasserelleError on a problem the user can fix."""
+    check_options(options)
     say = progress or (lambda _message: None)
     summary = RunSummary()
 

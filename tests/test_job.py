@@ -1,0 +1,115 @@
+"""`passerelle run` and `passerelle demo` end to end, as a user runs them (real processes, real files)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipelines.synthetic import generate
+
+PASSERELLE = str(Path(sys.executable).parent / "passerelle")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sources")
+    generate(folder, 24, seed=7)
+    return folder
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PASSERELLE, *args], capture_output=True, text=True, timeout=600)
+
+
+def _ids(warehouse: Path) -> dict[str, list]:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return {
+            "person": con.execute("SELECT person_id, person_source_value FROM person ORDER BY 1").fetchall(),
+            "measurement": con.execute(
+                "SELECT measurement_id, measurement_concept_id, value_as_number FROM measurement ORDER BY 1"
+            ).fetchall(),
+        }
+
+
+@pytest.mark.slow
+def test_run_loads_every_source_and_reports(sources, tmp_path):
+    warehouse, parquet, dq = tmp_path / "omop.duckdb", tmp_path / "parquet", tmp_path / "dq"
+    result = _run(
+        "run",
+        "--fhir",
+        str(sources / "fhir"),
+        "--openehr",
+        str(sources / "openehr"),
+        "--warehouse",
+        str(warehouse),
+        "--parquet",
+        str(parquet),
+        "--quality-out",
+        str(dq),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((sources / "manifest.json").read_text())
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        persons = con.execute("SELECT count(*) FROM person").fetchone()[0]
+        quarantined = con.execute("SELECT count(*) FROM passerelle.quarantine").fetchone()[0]
+        periods = con.execute("SELECT count(DISTINCT person_id) FROM observation_period").fetchone()[0]
+        version = con.execute("SELECT vocabulary_version FROM cdm_source").fetchone()[0]
+    assert persons == manifest["patients"] == 24
+    assert quarantined == len(manifest["broken_records"]) == 4
+    assert periods == persons  # every person with an event has an observation period
+    assert version.startswith("Passerelle starter")
+    assert f"Quarantined: {quarantined}" in result.stdout
+    assert "OMOP rows written" in result.stdout and "measurement" in result.stdout
+    parquet_persons = duckdb.sql(f"SELECT count(*) FROM '{parquet}/person/*.parquet'").fetchall()[0][0]
+    assert parquet_persons == persons
+    assert duckdb.sql(f"SELECT count(*) FROM '{parquet}/observation_period/*.parquet'").fetchall()[0][0] > 0
+    assert (dq / "dq_report.html").exists()
+
+    before = _ids(warehouse)
+    again = _run(
+        "run",
+        "--fhir",
+        str(sources / "fhir"),
+        "--openehr",
+        str(sources / "openehr"),
+        "--warehouse",
+        str(warehouse),
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _ids(warehouse) == before  # idempotent: same tables, same ids
+
+
+def test_run_without_sources_is_a_one_line_error(tmp_path):
+    result = _run("run", "--warehouse", str(tmp_path / "w.duckdb"))
+    assert result.returncode == 2
+    assert result.stderr == "error: nothing to load: give --fhir PATH and/or --openehr PATH\n"
+
+
+def test_run_with_a_missing_path_names_it(tmp_path):
+    missing = tmp_path / "nope"
+    result = _run("run", "--fhir", str(missing), "--warehouse", str(tmp_path / "w.duckdb"))
+    assert result.returncode == 2
+    assert result.stderr == f"error: {missing}: no such file or folder\n"
+
+
+@pytest.mark.slow
+def test_demo_builds_a_warehouse_and_prints_a_query(tmp_path):
+    result = _run("demo", "--dir", str(tmp_path / "demo"), "--patients", "12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Try a query" in result.stdout
+    query_line = next(line for line in result.stdout.splitlines() if "duckdb.connect" in line)
+    shown = subprocess.run(
+        query_line.strip().replace(".venv/bin/python", sys.executable, 1),
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "concept_name" in shown.stdout
+    with duckdb.connect(str(tmp_path / "demo" / "omop.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM person").fetchone()[0] == 12
