@@ -305,3 +305,13 @@ def test_the_shared_samples_map_with_the_reference_files_and_load(shared, tmp_pa
     report = load_batch(batch, open_targets(warehouse_path, None, None), vocab=vocab)
     assert report.inserted == {"person": 1}
     assert report.quarantined == {"dangling_reference": 330, "no_birth_year": 75}
+
+
+def test_an_ehr_with_only_its_status_is_counted_and_quarantined_without_a_person(tmp_path, vocab):
+    _write(tmp_path / EHR, "ehr_status.json", {"_type": "EHR_STATUS"})
+    batch = map_openehr([tmp_path], vocab)
+    assert batch.tables == {}
+    assert batch.inputs == {"EHR_STATUS": 1, "EHR": 1}
+    assert batch.quarantine.select("record_type", "record_id", "reason_code").rows() == [
+        ("EHR", EHR, "no_birth_year")
+    ]
