@@ -144,3 +144,21 @@ def test_json_that_is_not_an_object_and_a_byte_order_mark(tmp_path: Path, vocab:
     batch = map_fhir([tmp_path], vocab)
     assert _quarantined(batch) == [(str(tmp_path / "array.json"), 0, None, None, "not_a_resource")]
     assert batch.tables["measurement"]["_record_id"].to_list() == ["o1"]
+
+
+def test_truncated_gzip_keeps_what_was_read_and_quarantines_the_rest(
+    tmp_path: Path, vocab: Vocabulary
+) -> None:
+    import gzip
+
+    lines = "\n".join(json.dumps(_observation(i)) for i in range(2000)).encode()
+    packed = gzip.compress(lines)
+    path = tmp_path / "Observation.000.ndjson.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    batch = map_fhir([path], vocab)
+    (row,) = _quarantined(batch)
+    assert row[0] == str(path) and row[4] == "unreadable_file"
+    loaded = batch.tables["measurement"].height
+    assert 0 < loaded < 2000
+    assert row[1] == loaded + 1  # the first line that could not be read
+    assert _balanced(batch)

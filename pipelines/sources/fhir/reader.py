@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import gzip
 import io
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ _RESPONSE_BUNDLES = frozenset({"transaction-response", "batch-response"})
 # Request methods that carry no resource to load: a query is not data.
 _QUERY_METHODS = frozenset({"GET", "HEAD"})
 
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, as some exporters write
 _envelope = msgspec.json.Decoder(model.Envelope)
 _encoder = msgspec.json.Encoder()
 
@@ -129,20 +131,33 @@ class _Staging:
     # --- files ------------------------------------------------------------------------------
 
     def read_file(self, path: Path) -> None:
-        name = str(path)
+        """Read one file; NDJSON is streamed line by line, so a huge export never sits whole in
+        memory. A file that breaks off (a truncated gzip) keeps what was read and quarantines the rest."""
+        name, lower = str(path), path.name.lower()
+        position = 0
         try:
-            data = path.read_bytes()
-            if path.name.lower().endswith(".gz"):
-                data = gzip.decompress(data)
-            data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some exporters write
-        except (OSError, EOFError, gzip.BadGzipFile) as error:
-            raise PasserelleError(f"{path}: cannot be read ({error.__class__.__name__}: {error})") from error
-        if path.name.lower().endswith((".ndjson", ".ndjson.gz")):
-            for number, line in enumerate(data.split(b"\n"), start=1):
-                if line.strip():
-                    self.read_record(line, name, number, self._new_scope())
-        else:
-            self.read_record(data, name, 0, self._new_scope())
+            if lower.endswith((".ndjson", ".ndjson.gz")):
+                opener = gzip.open if lower.endswith(".gz") else open
+                with opener(path, "rb") as stream:
+                    for position, line in enumerate(stream, start=1):
+                        if position == 1:
+                            line = line.removeprefix(_BOM)
+                        if line.strip():
+                            self.read_record(line, name, position, self._new_scope())
+            else:
+                data = path.read_bytes()
+                if lower.endswith(".gz"):
+                    data = gzip.decompress(data)
+                self.read_record(data.removeprefix(_BOM), name, 0, self._new_scope())
+        except (OSError, EOFError, zlib.error) as error:
+            self._quarantine(
+                name,
+                position + 1 if position else 0,
+                None,
+                None,
+                "unreadable_file",
+                f"The file breaks off here ({error.__class__.__name__}); what came before is kept.",
+            )
 
     def _new_scope(self) -> int:
         self.scopes += 1
