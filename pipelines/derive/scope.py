@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import duckdb
-import pyarrow as pa
 
 CDM = "main"  # CDM tables live in DuckDB's default schema, lowercase (as OHDSI tools expect)
 _SCOPE_TABLE = "_passerelle_derive_scope"
@@ -25,19 +24,18 @@ class Scope:
     def create(cls, con: duckdb.DuckDBPyConnection, person_ids: list[int] | None) -> Scope:
         if person_ids is None:
             return cls(limited=False)
-        ids = pa.table({"person_id": pa.array(sorted(set(person_ids)), type=pa.int64())})
-        con.register("_derive_person_ids", ids)
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_SCOPE_TABLE} AS SELECT person_id FROM _derive_person_ids"
+            f"CREATE OR REPLACE TEMP TABLE {_SCOPE_TABLE} AS"
+            " SELECT DISTINCT unnest(?::BIGINT[]) AS person_id",
+            [list(person_ids)],
         )
-        con.unregister("_derive_person_ids")
         return cls(limited=True)
 
-    def where(self, column: str = "person_id") -> str:
-        """A SQL predicate keeping the rows of the persons in scope."""
+    def where(self) -> str:
+        """A SQL predicate on ``person_id`` keeping the rows of the persons in scope."""
         if not self.limited:
             return "TRUE"
-        return f"{column} IN (SELECT person_id FROM {_SCOPE_TABLE})"
+        return f"person_id IN (SELECT person_id FROM {_SCOPE_TABLE})"
 
     def drop(self, con: duckdb.DuckDBPyConnection) -> None:
         if self.limited:
