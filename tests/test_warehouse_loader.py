@@ -104,6 +104,20 @@ def test_bad_and_missing_values_go_to_quarantine_with_the_column_named(warehouse
     ]
 
 
+def test_a_row_without_a_source_key_goes_to_quarantine(warehouse_path: Path) -> None:
+    batch = first_batch()
+    batch.tables["person"] = batch.tables["person"].with_columns(
+        pl.when(pl.col("_record_id") == "ben").then(None).otherwise(pl.col("_key")).alias("_key")
+    )
+    report = _load(warehouse_path, batch)
+    assert report.inserted == {"person": 1, "visit_occurrence": 1, "measurement": 2}
+    assert report.quarantined == {"missing_key": 1, "dangling_reference": 2}
+    assert _query(
+        warehouse_path,
+        "SELECT record_id, reason FROM passerelle.quarantine WHERE reason_code = 'missing_key'",
+    ) == [("ben", "person: the mapper gave the row no source key")]
+
+
 def test_a_later_row_with_the_same_source_key_wins(warehouse_path: Path) -> None:
     batch = first_batch()
     again = measurements([("hr-1", "anna", "enc-1", HEART_RATE, 75.0, PER_MINUTE)], file="bundle-1b.json")

@@ -53,12 +53,16 @@ def check_frame(name: str, table: Table, frame: pl.DataFrame) -> None:
 
 
 def stage(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> None:
-    """(Re)create the staging table from ``frame``: CDM types, absent CDM columns as NULL."""
+    """(Re)create the staging table from ``frame``: CDM types, absent CDM columns as NULL, and the
+    first problem of each row (no key, a value not of its column's type) already noted."""
     con.register(_FRAME, frame.with_row_index("_row"))
     present = set(frame.columns)
     pk = set(table.primary_key)
     selects = ["_row", "CAST(NULL AS BIGINT) AS _id"]
-    invalid: list[str] = []
+    problems: list[tuple[str, str, str]] = []  # (condition, status, reason), the first one wins
+    if table.primary_key:
+        problems.append(("_key IS NULL", "missing_key", "the mapper gave the row no source key"))
+    problems.append(("_record_key IS NULL", "missing_key", "the mapper gave the row no record key"))
     for column in ("_key", "_record_key", *LINEAGE_COLUMNS):
         type_ = _BOOKKEEPING_TYPES.get(column, "VARCHAR")
         source = quoted(column) if column in present else "NULL"
@@ -67,24 +71,23 @@ def stage(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> 
         selects.append(f"CAST({quoted(column)} AS VARCHAR) AS {quoted(column)}")
     for column in table.columns:
         type_ = duckdb_type(column)
-        if column.name in pk or column.name not in present:
-            selects.append(f"CAST(NULL AS {type_}) AS {quoted(column.name)}")
-            continue
         name = quoted(column.name)
+        if column.name in pk or column.name not in present:
+            selects.append(f"CAST(NULL AS {type_}) AS {name}")
+            continue
         selects.append(f"TRY_CAST({name} AS {type_}) AS {name}")
-        invalid.append(
-            f"WHEN {name} IS NOT NULL AND TRY_CAST({name} AS {type_}) IS NULL "
-            f"THEN '{column.name}: the value is not a valid {column.type}'"
+        problems.append(
+            (
+                f"{name} IS NOT NULL AND TRY_CAST({name} AS {type_}) IS NULL",
+                "invalid_value",
+                f"{column.name}: the value is not a valid {column.type}",
+            )
         )
-    reason = f"CASE {' '.join(invalid)} END" if invalid else "CAST(NULL AS VARCHAR)"
-    selects += [f"{reason} AS _reason"]
+    status = " ".join(f"WHEN {condition} THEN '{code}'" for condition, code, _ in problems)
+    reason = " ".join(f"WHEN {condition} THEN '{text}'" for condition, _, text in problems)
+    selects += [f"CASE {status} END AS _status", f"CASE {reason} END AS _reason"]
     con.execute(f"CREATE OR REPLACE TEMP TABLE {STAGE} AS SELECT {', '.join(selects)} FROM {_FRAME}")
     con.unregister(_FRAME)
-    con.execute(f"ALTER TABLE {STAGE} ADD COLUMN _status VARCHAR")
-    con.execute(f"UPDATE {STAGE} SET _status = 'invalid_value' WHERE _reason IS NOT NULL")
-    if table.primary_key:
-        _reject(con, "missing_key", "the mapper gave the row no source key", "_key IS NULL")
-    _reject(con, "missing_key", "the mapper gave the row no record key", "_record_key IS NULL")
 
 
 def drop_superseded(con: duckdb.DuckDBPyConnection) -> None:
