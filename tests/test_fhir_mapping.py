@@ -282,3 +282,61 @@ def test_history_bundle_keeps_the_newest_version_and_argonaut_race(tmp_path: Pat
         8516,
     )
     assert person["day_of_birth"] == 29
+
+
+def test_dispense_quantity_days_supply_route_and_end_date(shared: Path, vocab: Vocabulary) -> None:
+    batch = map_fhir([shared / "samples/fhir/hl7_r4_examples/MedicationDispense-meddisp0301.json"], vocab)
+    row = batch.tables["drug_exposure"].row(0, named=True)
+    assert (row["quantity"], row["days_supply"], row["drug_source_value"]) == (12.0, 3, "0069-2587-10")
+    assert str(row["drug_exposure_start_date"]) == "2015-01-15"
+    assert str(row["drug_exposure_end_date"]) == "2015-01-17"  # start + 3 days supply - 1
+    assert (row["route_source_value"], row["sig"]) == ("255560000", "500mg IV q6h x 3 days")
+    assert row["_ref__provider_id"] == "fhir|Practitioner/f006"
+
+
+def test_organization_practitioner_role_location_and_coverage(tmp_path: Path, vocab: Vocabulary) -> None:
+    npi = {"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999"}
+    resources = [
+        {"resourceType": "Organization", "id": "org", "name": "Clinic", "address": [{"city": "Lyon"}]},
+        {"resourceType": "Practitioner", "id": "doc", "identifier": [npi], "gender": "female"},
+        {
+            "resourceType": "PractitionerRole",
+            "id": "role",
+            "practitioner": {"identifier": npi},
+            "organization": {"reference": "Organization/org"},
+            "specialty": [
+                {"coding": [{"system": "http://nucc.org/provider-taxonomy", "code": "208D00000X"}]}
+            ],
+        },
+        {"resourceType": "Location", "id": "loc", "address": {"line": ["1 rue"], "postalCode": "69001"}},
+        {
+            "resourceType": "Coverage",
+            "id": "cov",
+            "status": "active",
+            "beneficiary": {"reference": "Patient/p1"},
+            "period": {"start": "2020-01-01", "end": "2020-12-31"},
+        },
+    ]
+    for resource in resources:
+        _write(tmp_path / f"{resource['id']}.json", resource)
+    batch = map_fhir([tmp_path], vocab)
+    care_site = batch.tables["care_site"].row(0, named=True)
+    assert (care_site["care_site_name"], care_site["_ref__location_id"]) == (
+        "Clinic",
+        "fhir|Organization/org|address",
+    )
+    providers = {r["_record_id"]: r for r in batch.tables["provider"].iter_rows(named=True)}
+    assert (providers["doc"]["npi"], providers["doc"]["gender_concept_id"]) == ("9999", 8532)
+    assert (providers["role"]["specialty_source_value"], providers["role"]["_ref__care_site_id"]) == (
+        "208D00000X",
+        "fhir|Organization/org",
+    )
+    locations = {r["_key"]: r for r in batch.tables["location"].iter_rows(named=True)}
+    assert locations["fhir|Location/loc"]["zip"] == "69001"
+    assert locations["fhir|Organization/org|address"]["city"] == "Lyon"
+    plan = batch.tables["payer_plan_period"].row(0, named=True)
+    assert (str(plan["payer_plan_period_start_date"]), str(plan["payer_plan_period_end_date"])) == (
+        "2020-01-01",
+        "2020-12-31",
+    )
+    assert plan["_ref__person_id"] == "fhir|Patient/p1"
