@@ -31,6 +31,30 @@ import yaml
 from pipelines.mapping.omocl.grammar import CUSTOM, INCLUDE, Alternative, OmoclFile, RowMapping
 from pipelines.project_files import data_dir
 
+# the columns of the long frame the engine reads
+_ENGINE_COLUMNS = (
+    "composition_uid",
+    "ehr_id",
+    "entry_path",
+    "entry_time",
+    "node_path",
+    "node_id",
+    "is_element",
+    "rm_type",
+    "event_time",
+    "node_time",
+    "context_start",
+    "value_text",
+    "value_code",
+    "value_terminology",
+    "value_number",
+    "value_units",
+    "value_boolean",
+    "value_datetime",
+    "normal_low",
+    "normal_high",
+    "magnitude_status",
+)
 _SEGMENT = re.compile(r"/([^/\[#]+)(?:\[([^\]]*)\])?(?:#(\d+))?")
 _PATTERN = re.compile(r"^([A-Za-z_]+)(?:\[([^\]]*)\])?$")
 _DRIVERS = ("value", "concept_id")
@@ -100,7 +124,9 @@ def apply_catalogue(elements: pl.DataFrame, catalogue: dict[str, tuple[OmoclFile
     incomplete: list[dict] = []
     custom: dict[str, int] = {}
     compositions: dict[str, list[dict]] = {}
-    for row in elements.to_dicts():  # one conversion for the batch; rows of a composition are adjacent
+    for row in elements.select(
+        _ENGINE_COLUMNS
+    ).to_dicts():  # one conversion; a composition's rows are adjacent
         compositions.setdefault(row["composition_uid"], []).append(row)
     for rows in compositions.values():
         tree = _Tree(rows)
@@ -201,6 +227,8 @@ def _render(segment: tuple[str, str, str]) -> str:
 
 def _nearest(nodes: list[dict], focus: dict) -> list[dict]:
     """``nodes`` ordered by closeness to ``focus`` (longest common path first, then document order)."""
+    if len(nodes) < 2:
+        return nodes
     target = focus["_segments"]
 
     def shared(node: dict) -> int:
