@@ -237,17 +237,17 @@ def _distinct_keys(keys: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame]:
     for seed, column in enumerate(columns, start=1):
         first_hash = first_hash ^ _grouping_hash(column, seed)
     hashes = keys.select(first_hash.alias("h"), pl.col(columns[-1]).hash(seed=101).alias("check"))
-    groups = hashes.select("h").with_row_index("row").group_by("h").agg(pl.col("row")).get_column("row")
-    sizes = groups.list.len().to_numpy()
-    slot = np.empty(keys.height, dtype=np.uint32)
-    slot[groups.explode().to_numpy()] = np.repeat(np.arange(len(groups), dtype=np.uint32), sizes)
-    slots = pl.Series(slot)
-    firsts = groups.list.first()
+    h = hashes.get_column("h")
+    first = h.is_first_distinct()
+    firsts = first.arg_true()
+    distinct_h = pl.DataFrame({"h": h.filter(first)}).with_row_index("slot")
+    slots = hashes.select("h").join(distinct_h, on="h", how="left", maintain_order="left").get_column("slot")
     check = hashes.get_column("check")
     if bool((check == check.gather(firsts).gather(slots)).all()):
         return slots, keys.gather(firsts)
     exact = keys.with_row_index("row").group_by(columns, maintain_order=True).agg(pl.col("row"))
     rows = exact.get_column("row")
+    slot = np.empty(keys.height, dtype=np.uint32)
     slot[rows.explode().to_numpy()] = np.repeat(
         np.arange(exact.height, dtype=np.uint32), rows.list.len().to_numpy()
     )

@@ -71,9 +71,9 @@ class Vocabulary:
         resolution finds a code by binary search. Built once per Vocabulary object."""
         if "indexed_lookup" not in self._memo:
             lookup = self.lookup()
-            self._memo["indexed_lookup"] = lookup.with_columns(
-                key_hash(pl.col("vocabulary_id"), pl.col("concept_code"))
-            ).sort(KEY)
+            indexed = lookup.with_columns(key_hash(pl.col("vocabulary_id"), pl.col("concept_code"))).sort(KEY)
+            self._memo["indexed_lookup"] = indexed
+            self._memo["lookup"] = indexed.drop(KEY)  # same buffers: one copy of the lookup in memory
         return self._memo["indexed_lookup"]
 
     def _with_overrides(self, lookup: pl.DataFrame) -> pl.DataFrame:
