@@ -7,6 +7,7 @@ DuckDB 1.x in a separate virtual environment.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import duckdb
@@ -53,11 +54,18 @@ def initialize(path: Path | str) -> bool:
 
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every CDM table (no foreign keys: see pipelines/cdm/ddl.py) and the side tables."""
-    for sql in statements(cdm_schema(), "duckdb", parts=("tables",)):
+    for sql in _ddl():
         con.execute(sql)
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SIDE_SCHEMA}")
-    for sql in statements(side_schema(), "duckdb", db_schema=SIDE_SCHEMA, parts=("tables", "primary_keys")):
-        con.execute(sql)
+
+
+@cache
+def _ddl() -> tuple[str, ...]:
+    """Rendered once per process: every load of a new warehouse file needs it."""
+    return (
+        *statements(cdm_schema(), "duckdb", parts=("tables",)),
+        f"CREATE SCHEMA IF NOT EXISTS {SIDE_SCHEMA}",
+        *statements(side_schema(), "duckdb", db_schema=SIDE_SCHEMA, parts=("tables", "primary_keys")),
+    )
 
 
 def is_initialized(con: duckdb.DuckDBPyConnection) -> bool:

@@ -13,6 +13,7 @@ database schema.
 from __future__ import annotations
 
 import re
+from functools import cache
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import duckdb
@@ -108,11 +109,19 @@ class PostgresDatabase:
                     f"{self.description}: table {table.name} does not have exactly the CDM v5.4 columns; "
                     "drop it (or use another schema) and export again"
                 )
-        if missing:
-            subset = Schema(version=schema.version, tables=tuple(missing))
-            parts = ("tables", "primary_keys", "indexes")
-            for sql in statements(subset, "postgresql", db_schema=self.schema, parts=parts):
-                cur.execute(sql)
+        for sql in _ddl(self.schema, tuple(t.name for t in missing)):
+            cur.execute(sql)
+
+
+@cache
+def _ddl(db_schema: str, tables: tuple[str, ...]) -> tuple[str, ...]:
+    """Tables, primary keys and indexes of ``tables`` for PostgreSQL (rendered once per process)."""
+    if not tables:
+        return ()
+    schema = cdm_schema()
+    subset = Schema(version=schema.version, tables=tuple(schema.table(name) for name in tables))
+    parts = ("tables", "primary_keys", "indexes")
+    return tuple(statements(subset, "postgresql", db_schema=db_schema, parts=parts))
 
 
 def _arrow_batches(warehouse: duckdb.DuckDBPyConnection, table: Table):
