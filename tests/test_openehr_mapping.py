@@ -315,3 +315,14 @@ def test_an_ehr_with_only_its_status_is_counted_and_quarantined_without_a_person
     assert batch.quarantine.select("record_type", "record_id", "reason_code").rows() == [
         ("EHR", EHR, "no_birth_year")
     ]
+
+
+def test_keys_are_the_same_on_every_run_and_do_not_depend_on_where_the_files_are(export, tmp_path, vocab):
+    first = map_openehr([export], vocab)
+    moved = tmp_path / "elsewhere"
+    export.rename(moved)
+    second = map_openehr([moved], vocab)
+    for table in ("measurement", "condition_occurrence", "observation", "visit_occurrence", "person"):
+        assert sorted(first.tables[table]["_key"].to_list()) == sorted(second.tables[table]["_key"].to_list())
+    assert first.tables["measurement"]["_source_file"].str.contains("/ehrs/").all()
+    assert second.tables["measurement"]["_source_file"].str.contains("/elsewhere/").all()
