@@ -64,12 +64,12 @@ def map_openehr(
     )
     clinical = candidates.filter(~pl.col("omocl_type").is_in(["Person", "Visit"]))
     tables = clinical_tables(clinical, vocab, settings, resolve_concepts, resolve_units)
-    visits, visit_of = visit_rows(candidates, tables, export, settings)
+    visits, visit_of = visit_rows(candidates, tables, settings)
     for name, frame in tables.items():
         if "visit_occurrence_id" in cdm_schema().table(name).column_names:  # not on death, specimen
             frame = frame.join(visit_of, on="composition_uid", how="left")
         tables[name] = frame.drop("composition_uid")
-    persons, person_quarantine = person_rows(candidates, export, settings, vocab, resolve_concepts)
+    persons, person_quarantine = person_rows(candidates, export.ehrs, settings)
     if visits.height:
         tables["visit_occurrence"] = visits
     if persons.height:

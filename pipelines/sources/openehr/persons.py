@@ -12,7 +12,7 @@ from pipelines.sources.openehr.tables import SOURCE, SOURCE_VALUE_LENGTH, source
 
 
 def person_rows(
-    candidates: pl.DataFrame, export, settings: dict, vocab, resolve_concepts
+    candidates: pl.DataFrame, ehrs: pl.DataFrame, settings: dict
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One person per EHR with a known year of birth; the other EHRs are quarantined ("no birth year")."""
     demographics = settings["demographics"]
@@ -39,7 +39,7 @@ def person_rows(
             pl.col("ethnicity_const").drop_nulls().first(),
         )
     )
-    ehrs = export.ehrs.join(facts, on="ehr_id", how="left")
+    ehrs = ehrs.join(facts, on="ehr_id", how="left")
     known = ehrs.filter(pl.col("year").is_not_null())
     persons = known.select(
         _key=pl.lit(f"{SOURCE}|ehr/") + pl.col("ehr_id"),

@@ -13,9 +13,7 @@ from pipelines.cdm.spec import cdm_schema
 from pipelines.sources.openehr.tables import SOURCE, SOURCE_VALUE_LENGTH
 
 
-def visit_rows(
-    candidates: pl.DataFrame, tables: dict, export, settings: dict
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def visit_rows(candidates: pl.DataFrame, tables: dict, settings: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Visit rows, and the visit key of each composition that has clinical rows.
 
     A composition's visit is its case (context case identifier; all compositions of a case share
