@@ -11,6 +11,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from pipelines.errors import WarehouseError
 from pipelines.warehouse import load_batch, open_targets
 from tests.test_warehouse_conformance import first_batch
 
@@ -23,6 +24,7 @@ import datetime as dt, logging, sys
 from pathlib import Path
 import polars as pl
 from pipelines.mapping.batch import MappedBatch
+from pipelines.errors import WarehouseError
 from pipelines.warehouse import load_batch, open_targets
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -94,3 +96,28 @@ def test_a_load_killed_midway_leaves_the_previous_state(warehouse_path: Path) ->
     # The warehouse is still writable and the next load carries on from the previous ids.
     report = load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=3)
     assert report.new_ids == {"person": 0, "visit_occurrence": 0, "measurement": 0}
+
+
+def test_a_second_writing_process_is_refused_with_a_clear_message(warehouse_path: Path) -> None:
+    load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=1)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; con = duckdb.connect(sys.argv[1]); "
+            "print('holding', flush=True); sys.stdin.read()",
+            str(warehouse_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(WarehouseError, match=f"{warehouse_path}: in use by another process"):
+            load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=2)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        assert con.execute("SELECT run_id FROM passerelle.run_log").fetchall() == [(1,)]
