@@ -3,12 +3,14 @@
 Rules (docs/fhir.md): a partial date takes the first day of its period (``2019`` -> 2019-01-01,
 ``2019-03`` -> 2019-03-01) and keeps its precision for the columns that can say it (year/month/day of
 birth); a time with an offset is converted to UTC; a time without an offset (FHIR allows none, some
-exports write them) is read as UTC, the configured zone. A string that is not a real date
-(``2019-02-30``, ``2019-13-01``, ``25:00``) is *impossible*: the record is quarantined, never
-loaded with a guessed date.
+exports write them) is read in the configured zone (``PASSERELLE_LOCAL_TIMEZONE``, default UTC). A
+string that is not a real date (``2019-02-30``, ``2019-13-01``, ``25:00``) is *impossible*: the
+record is quarantined, never loaded with a guessed date.
 """
 
 from __future__ import annotations
+
+import os
 
 import polars as pl
 
@@ -19,7 +21,13 @@ _SHAPE = (
 )
 
 
-def parse(text: pl.Series) -> pl.DataFrame:
+def local_zone() -> str:
+    """The zone of times written without an offset: ``PASSERELLE_LOCAL_TIMEZONE`` (an IANA name such as
+    ``Europe/Paris``), UTC when unset."""
+    return os.environ.get("PASSERELLE_LOCAL_TIMEZONE") or "UTC"
+
+
+def parse(text: pl.Series, *, time_zone: str | None = None) -> pl.DataFrame:
     """Parse a column of FHIR date strings once: ``date`` (partial dates -> first day of the
     period; the UTC date when there is a time), ``datetime`` (UTC, naive; null for a date without a
     time), ``precision`` ('year', 'month', 'day') and ``impossible`` (present but no real date)."""
@@ -44,9 +52,20 @@ def parse(text: pl.Series) -> pl.DataFrame:
     )
     valid_time = (hour < 24) & (minute < 60) & (second < 61)
     local = day.cast(pl.Datetime("us")) + pl.duration(hours=hour, minutes=minute, seconds=second)
+    # Without an offset the time is read in the local zone; a time that zone skips (the hour lost to
+    # daylight saving) does not exist and is impossible, a repeated one takes its first occurrence.
+    in_zone = (
+        local.dt.replace_time_zone(time_zone or local_zone(), ambiguous="earliest", non_existent="null")
+        .dt.convert_time_zone("UTC")
+        .dt.replace_time_zone(None)
+    )
     frame = frame.with_columns(
         day.alias("local_date"),
-        pl.when(valid_time).then(local - pl.duration(minutes=offset_minutes)).alias("datetime"),
+        pl.when(valid_time & zone.is_null())
+        .then(in_zone)
+        .when(valid_time)
+        .then(local - pl.duration(minutes=offset_minutes))
+        .alias("datetime"),
         pl.when(part("day").is_not_null())
         .then(pl.lit("day"))
         .when(part("month").is_not_null())
