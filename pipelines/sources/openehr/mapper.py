@@ -24,6 +24,7 @@ from pipelines.sources.openehr.persons import person_rows
 from pipelines.sources.openehr.reader import COMPOSITION, EHR_STATUS, OpenEhrExport, read_openehr
 from pipelines.sources.openehr.tables import clinical_tables
 from pipelines.sources.openehr.visits import visit_rows
+from pipelines.vocab import Vocabulary
 
 SOURCE = "openehr"
 
@@ -41,7 +42,7 @@ def engine_settings() -> dict[str, dict]:
 
 def map_openehr(
     paths: list[Path],
-    vocab,
+    vocab: Vocabulary,
     *,
     mapping_dirs: list[Path] | None = None,
     time_zone: str | None = None,
@@ -49,8 +50,6 @@ def map_openehr(
     """Map openEHR exports (AQL pages, folders per EHR) with the OMOCL files in ``mapping_dirs``
     (default: the project's own, mappings/openehr). ``time_zone`` is the zone of times written
     without an offset (default $PASSERELLE_TIME_ZONE, else UTC)."""
-    from pipelines.mapping.concepts import resolve_concepts, resolve_units
-
     catalogue = load_catalogue(list(mapping_dirs) if mapping_dirs else [default_mapping_dir()])
     export = read_openehr(paths, time_zone=time_zone)
     result = apply_catalogue(export.elements, catalogue)
@@ -63,7 +62,7 @@ def map_openehr(
         how="left",
     )
     clinical = candidates.filter(~pl.col("omocl_type").is_in(["Person", "Visit"]))
-    tables = clinical_tables(clinical, vocab, settings, resolve_concepts, resolve_units)
+    tables = clinical_tables(clinical, vocab, settings)
     visits, visit_of = visit_rows(candidates, tables, settings)
     for name, frame in tables.items():
         if "visit_occurrence_id" in cdm_schema().table(name).column_names:  # not on death, specimen

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import polars as pl
 
+from pipelines.mapping.concepts import resolve_concepts, resolve_units
 from pipelines.mapping.omocl.grammar import ROW_TABLES
+from pipelines.vocab import Vocabulary
 
 SOURCE = "openehr"
 SOURCE_VALUE_LENGTH = 50  # CDM varchar(50) of *_source_value
 _CONCEPT_PARTS = ("concept", "qualifier", "route", "status", "site")
 
 
-def clinical_tables(clinical: pl.DataFrame, vocab, settings: dict, resolve_concepts, resolve_units) -> dict:
+def clinical_tables(clinical: pl.DataFrame, vocab: Vocabulary, settings: dict) -> dict[str, pl.DataFrame]:
     """CDM frames by table (with a ``composition_uid`` column the caller turns into the visit ref)."""
     if clinical.height == 0:
         return {}
@@ -34,10 +36,10 @@ def clinical_tables(clinical: pl.DataFrame, vocab, settings: dict, resolve_conce
         ).alias("_key"),
         (pl.lit(f"{SOURCE}|") + pl.col("composition_uid")).alias("_record_key"),
     )
-    frame = _main_concept(frame, vocab, resolve_concepts)
+    frame = _main_concept(frame, vocab)
     for part in _CONCEPT_PARTS[1:]:
-        frame = _first_concept(frame, part, vocab, resolve_concepts)
-    frame = _first_concept(frame, "value", vocab, resolve_concepts)
+        frame = _first_concept(frame, part, vocab)
+    frame = _first_concept(frame, "value", vocab)
     booleans = {str(k).lower(): v for k, v in settings["value_concepts"]["booleans"].items()}
     frame = frame.with_columns(
         pl.coalesce(
@@ -71,7 +73,7 @@ def clinical_tables(clinical: pl.DataFrame, vocab, settings: dict, resolve_conce
     return tables
 
 
-def _main_concept(frame: pl.DataFrame, vocab, resolve_concepts) -> pl.DataFrame:
+def _main_concept(frame: pl.DataFrame, vocab: Vocabulary) -> pl.DataFrame:
     """concept_id, source_concept_id, domain: a constant from the file, else the code through the
     vocabulary ("Maps to"; one-to-many fans out and the key gets the target concept)."""
     constant = frame.filter(pl.col("concept_const").is_not_null())
@@ -105,7 +107,7 @@ def _main_concept(frame: pl.DataFrame, vocab, resolve_concepts) -> pl.DataFrame:
     )
 
 
-def _first_concept(frame: pl.DataFrame, part: str, vocab, resolve_concepts) -> pl.DataFrame:
+def _first_concept(frame: pl.DataFrame, part: str, vocab: Vocabulary) -> pl.DataFrame:
     """``{part}_concept_id`` from a constant or the first standard concept of the code (no fan-out:
     a qualifier or value holds one concept)."""
     system, code = f"{part}_system", f"{part}_code"
