@@ -67,6 +67,7 @@ class Catalogue:
     checks: tuple[Check, ...]
     default_excluded_tables: tuple[str, ...]
     table_schemas: dict[str, str]  # table -> cdm | vocab | cohort (where DQD looks for it)
+    scans: dict[str, str]  # shared scan templates (check_types.yaml `scans`), by placeholder name
 
     def select(
         self,
@@ -132,6 +133,7 @@ def load_catalogue(cdm_version: str = "5.4", folder: Path | None = None) -> Cata
         checks=tuple(checks),
         default_excluded_tables=tuple(spec["default_excluded_tables"]),
         table_schemas=schemas,
+        scans=dict(spec.get("scans", {})),
     )
 
 

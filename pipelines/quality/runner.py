@@ -58,7 +58,13 @@ def run_dqd(
         if vocab_schema != cdm_schema:
             present.update({t: c for t, c in database.columns(vocab_schema).items() if t not in present})
         rendered = [
-            render(c, cdm_schema=cdm_schema, vocab_schema=vocab_schema, table_schemas=catalogue.table_schemas)
+            render(
+                c,
+                cdm_schema=cdm_schema,
+                vocab_schema=vocab_schema,
+                table_schemas=catalogue.table_schemas,
+                scans=catalogue.scans,
+            )
             for c in checks
         ]
         results = {id(item.check): _result(item, database.dialect) for item in rendered}

@@ -60,10 +60,18 @@ class CheckSql:
         )
 
 
-def render(check: Check, *, cdm_schema: str, vocab_schema: str, table_schemas: dict[str, str]) -> CheckSql:
-    """Fill a check type's templates with the check's table, field and parameters."""
+def render(
+    check: Check,
+    *,
+    cdm_schema: str,
+    vocab_schema: str,
+    table_schemas: dict[str, str],
+    scans: dict[str, str] | None = None,
+) -> CheckSql:
+    """Fill a check type's templates with the check's table, field, parameters and shared scans."""
     sql = check.type.sql
     values = _placeholders(check, cdm_schema, vocab_schema, table_schemas)
+    values.update({name: _squash(template.format_map(values)) for name, template in (scans or {}).items()})
     if "exists" in sql:
         column = f"t.{check.field}" if check.field else "*"
         listing = f"SELECT count({column}) AS present FROM {values['cdm']}.{check.table} AS t"
@@ -71,25 +79,28 @@ def render(check: Check, *, cdm_schema: str, vocab_schema: str, table_schemas: d
     violated_template = sql["violated"]
     if check.name == "plausibleTemporalAfter" and values["after_table"] == "person" != check.table:
         violated_template = sql["violated_via_person"]
-    scan = sql.get("scan", "{cdm}.{table}").format_map(values)
+    scan = _squash(sql.get("scan", "{cdm}.{table}").format_map(values))
     restrict = sql["restrict"].format_map(values) if "restrict" in sql else None
     violated = _squash(violated_template.format_map(values))
     denominator = _squash(sql["denominator"].format_map(values)) if "denominator" in sql else None
     count = sql.get("count", "rows")
-    counted = {"rows": "count(*)", "persons": "count(DISTINCT t.person_id)"}.get(
-        count, f"count(DISTINCT t.{check.field})"
-    )
+    counted = {
+        "rows": "count(*)",
+        "persons": "count(DISTINCT t.person_id)",
+        "values": f"count(DISTINCT t.{check.field})",
+        "weighted": "sum(t.records)",
+    }[count]
     null_value = (
         f" + count(DISTINCT CASE WHEN t.{check.field} IS NULL THEN 1 END)" if count == "values" else ""
     )
 
     def aggregate(predicate: str | None) -> str:
         conditions = [c for c in (restrict, predicate) if c]
-        if not conditions:
-            return f"{counted}{null_value}"
         where = " AND ".join(f"({c})" for c in conditions)
-        extra = f"{null_value} FILTER (WHERE {where})" if null_value else ""
-        return f"{counted} FILTER (WHERE {where}){extra}"
+        filtered = f" FILTER (WHERE {where})" if conditions else ""
+        if count == "weighted":
+            return f"coalesce({counted}{filtered}, 0)"
+        return f"{counted}{filtered}{null_value}{filtered if null_value else ''}"
 
     where_listing = " AND ".join(f"({c})" for c in (restrict, violated) if c)
     where_denominator = " AND ".join(f"({c})" for c in (restrict, denominator) if c)
@@ -99,11 +110,12 @@ def render(check: Check, *, cdm_schema: str, vocab_schema: str, table_schemas: d
         restrict=restrict,
         violated_count=aggregate(violated),
         denominator_count=aggregate(denominator),
-        counted=f"{counted}{null_value}",
+        counted=f"coalesce({counted}, 0)" if count == "weighted" else f"{counted}{null_value}",
         listing=f"SELECT t.* FROM {scan} AS t WHERE {where_listing}",
         denominator_query=(
-            f"SELECT {counted}{null_value} AS num_denominator_rows FROM {scan} AS t"
-            + (f" WHERE {where_denominator}" if where_denominator else "")
+            f"SELECT {aggregate(None) if count == 'weighted' else counted + null_value} "
+            "AS num_denominator_rows "
+            f"FROM {scan} AS t" + (f" WHERE {where_denominator}" if where_denominator else "")
         ),
     )
 
