@@ -167,6 +167,7 @@ def batch_coverage(tables: dict[str, pl.DataFrame], vocab: Vocabulary) -> pl.Dat
     rows = pl.concat(parts, how="vertical_relaxed")
     vocabularies = (
         vocab.concept.select(source_concept_id="concept_id", source_vocabulary_id="vocabulary_id")
+        .filter(pl.col("source_concept_id") != 0)  # 0 is "No matching concept": the vocabulary is unknown
         .join(rows.lazy().select("source_concept_id").unique(), on="source_concept_id", how="semi")
         .collect()
     )
