@@ -309,3 +309,23 @@ def test_an_impossible_date_is_not_a_date_and_an_unknown_zone_is_a_user_error():
     assert parse_time("yesterday", configured_zone("UTC")) is None
     with pytest.raises(PasserelleError, match="unknown time zone 'Mars/Olympus'"):
         configured_zone("Mars/Olympus")
+
+
+def test_data_values_written_without_their_type_are_recognised_by_their_keys(tmp_path):
+    items = [
+        element("at0001", {"magnitude": 72.0, "units": "/min"}),
+        element("at0002", {"magnitude": 3}),
+        element("at0003", {"value": 2, "symbol": coded("two", "at0010", "local")}),
+        element("at0004", {"value": True}),
+        element("at0005", {"value": "plain text"}),
+    ]
+    doc = composition([evaluation("openEHR-EHR-EVALUATION.test.v1", items)])
+    export = read_openehr([_write(tmp_path / EHR / "c.json", doc)])
+    rows = export.elements.filter(pl.col("is_element")).sort("node_id")
+    assert rows.select("rm_type", "value_number", "value_units", "value_boolean", "value_text").rows() == [
+        ("DV_QUANTITY", 72.0, "/min", None, None),
+        ("DV_COUNT", 3.0, None, None, None),
+        ("DV_ORDINAL", 2.0, None, None, "two"),
+        ("DV_BOOLEAN", None, None, True, None),
+        ("DV_TEXT", None, None, None, "plain text"),
+    ]

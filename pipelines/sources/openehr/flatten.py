@@ -274,9 +274,7 @@ class _Walker:
             )
         value = node.get("value")
         if isinstance(value, dict):
-            row["rm_type"] = value.get("_type") or (
-                "DV_CODED_TEXT" if "defining_code" in value else "DV_TEXT"
-            )
+            row["rm_type"] = value.get("_type") or _implicit_value_type(value)
             if row["rm_type"] not in VALUE_TYPES:
                 raise CompositionError(
                     "unknown_rm_type", indexed, f"unknown data value type {row['rm_type']!r}"
@@ -352,6 +350,26 @@ def _read_value(row: dict, value: dict, zone: ZoneInfo, path: str) -> None:
         row["value_code"] = value.get("formalism")
     else:  # DV_URI, DV_EHR_URI, DV_STATE
         row["value_text"] = value.get("value") if isinstance(value.get("value"), str) else None
+
+
+# a data value written without ``_type``: the key that tells its type, first match wins
+_VALUE_TYPE_KEYS = (
+    ("defining_code", "DV_CODED_TEXT"),
+    ("symbol", "DV_ORDINAL"),
+    ("numerator", "DV_PROPORTION"),
+    ("units", "DV_QUANTITY"),
+    ("magnitude", "DV_COUNT"),
+    ("id", "DV_IDENTIFIER"),
+    ("lower", "DV_INTERVAL"),
+    ("upper", "DV_INTERVAL"),
+)
+
+
+def _implicit_value_type(value: dict) -> str:
+    for key, kind in _VALUE_TYPE_KEYS:
+        if key in value:
+            return kind
+    return "DV_BOOLEAN" if isinstance(value.get("value"), bool) else "DV_TEXT"
 
 
 def _read_code(row: dict, code: dict | None) -> None:
