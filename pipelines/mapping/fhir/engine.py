@@ -78,7 +78,9 @@ _VALUE_KINDS = (
     "source_concept",
     "code",
     "unit",
+    "text",
 )
+_CODEABLE_CONCEPT = pl.Struct(polars_schema(CodeableConcept))
 _CODING = pl.Struct({"system": pl.Utf8, "code": pl.Utf8, "display": pl.Utf8, "userSelected": pl.Boolean})
 _POLARS_TYPE = {
     "bigint": pl.Int64,
@@ -240,6 +242,11 @@ class _Output:
             return pl.DataFrame({"key": keys}).join(codes, on="key", how="left", maintain_order="left")[
                 "code"
             ]
+        if key == "text":  # a bare text as a CodeableConcept without coding (e.g. a reference's display)
+            text = self.raw(value).cast(pl.Utf8)
+            return pl.DataFrame({"coding": pl.repeat(None, rows.height, eager=True), "text": text}).select(
+                pl.struct(pl.col("coding").cast(_CODEABLE_CONCEPT.fields[0].dtype), "text").alias("cc")
+            )["cc"]
         if key in ("date", "datetime", "year", "month", "day"):
             return self.date_part(key, self.raw(value))
         if key in ("concept", "source_concept", "code"):

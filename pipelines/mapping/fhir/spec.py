@@ -178,6 +178,7 @@ _PATH_KEYS = frozenset(
         "present",
         "absent",
         "path",
+        "text",
     }
 )
 

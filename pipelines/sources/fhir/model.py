@@ -50,6 +50,7 @@ class Identifier(_Element):
 class Reference(_Element):
     reference: Str = None
     type: Str = None
+    display: Str = None
     identifier: Identifier | None = None
 
 
