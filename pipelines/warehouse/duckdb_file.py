@@ -1,7 +1,7 @@
 """The DuckDB warehouse file: CDM tables in schema ``main``, Passerelle's side tables in ``passerelle``.
 
 The file is written in DuckDB's v1.0.0 storage format so that the DuckDB 1.x clients OHDSI users run
-from R (duckdb R package, DatabaseConnector) can open it; tests/test_warehouse.py proves it with a real
+from R (duckdb R package, DatabaseConnector) can open it; tests/test_warehouse_init.py proves it with a real
 DuckDB 1.x in a separate virtual environment.
 """
 
@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from pipelines.cdm.ddl import statements
 from pipelines.cdm.spec import cdm_schema, side_schema
 from pipelines.errors import WarehouseError
+
+if TYPE_CHECKING:  # targets.py imports this module
+    from pipelines.warehouse.targets import ExportManifest
 
 CDM_SCHEMA = "main"
 SIDE_SCHEMA = "passerelle"
@@ -101,7 +105,7 @@ class DuckDbFile:
         initialize(self.path)
         return connect(self.path)
 
-    def store(self, warehouse: duckdb.DuckDBPyConnection, manifest: object) -> dict[str, int]:
+    def store(self, warehouse: duckdb.DuckDBPyConnection, manifest: ExportManifest) -> dict[str, int]:
         """Nothing to copy: the loader wrote here. Rows per CDM table, as the other targets report."""
         return {
             name: warehouse.execute(f"SELECT count(*) FROM {CDM_SCHEMA}.{name}").fetchall()[0][0]
