@@ -272,3 +272,32 @@ def test_a_real_fhir_batch_loads_completely_and_twice_identically(shared: Path, 
         warehouse_path, f"SELECT vocabulary_version FROM passerelle.run_log WHERE run_id = {second.run_id}"
     )
     assert version == vocab.version
+
+
+def test_a_new_version_with_fewer_rows_leaves_only_those(warehouse_path: Path) -> None:
+    """A blood-pressure Observation with two components, then a version with the systolic one only."""
+    diastolic = 3012888  # LOINC 8462-4
+
+    def blood_pressure(components: list[tuple[str, int, float]], file: str) -> pl.DataFrame:
+        frame = measurements(
+            [("bp-5", "anna", "enc-1", concept, value, 8876) for _, concept, value in components], file=file
+        )
+        return frame.with_columns(
+            pl.Series("_key", [f"fhir|Observation/bp-5|component/{c}" for c, _, _ in components]),
+        )
+
+    batch = first_batch()
+    both = blood_pressure([("0", 3004249, 128.0), ("1", diastolic, 84.0)], "bundle-1.json")
+    batch.tables["measurement"] = pl.concat([batch.tables["measurement"], both])
+    _load(warehouse_path, batch)
+    ids = dict(_query(warehouse_path, "SELECT value_as_number, measurement_id FROM measurement"))
+    systolic_only = blood_pressure([("0", 3004249, 131.0)], "bundle-2.json")
+    report = _load(warehouse_path, MappedBatch(tables={"measurement": systolic_only}))
+    assert report.removed == {"measurement": 2} and report.inserted == {"measurement": 1}
+    rows = _query(
+        warehouse_path,
+        "SELECT measurement_id, measurement_concept_id, value_as_number FROM measurement ORDER BY 1",
+    )
+    assert [r for r in rows if r[1] == diastolic] == []
+    assert (ids[128.0], 3004249, 131.0) in rows
+    assert len(rows) == 4
