@@ -162,3 +162,14 @@ def test_truncated_gzip_keeps_what_was_read_and_quarantines_the_rest(
     assert 0 < loaded < 2000
     assert row[1] == loaded + 1  # the first line that could not be read
     assert _balanced(batch)
+
+
+def test_subject_that_is_not_a_patient(shared: Path, tmp_path: Path, vocab: Vocabulary) -> None:
+    path = tmp_path / "Observation.ndjson"
+    path.write_text(json.dumps(_observation(1, subject={"reference": "Group/g1"})) + "\n")
+    apgar = shared / "samples/fhir/hl7_r4_examples/Observation-1minute-apgar-score.json"  # subject '#newborn'
+    batch = map_fhir([path, apgar], vocab)
+    assert _quarantined(batch) == [
+        (str(path), 1, "Observation", "o1", "subject_not_a_patient"),
+        (str(apgar), 0, "Observation", "1minute-apgar-score", "contained_subject"),
+    ]

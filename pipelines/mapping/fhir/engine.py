@@ -555,13 +555,19 @@ class _Output:
             raise MappingError(f"{self.where}: a routed output needs a person facet")
         person = pl.col("_facet_person")
         self.require(frame.with_columns(person.alias("person")), {"person": "missing_subject"})
-        not_patient = frame.filter(person.is_not_null() & ~person.str.starts_with("fhir|Patient"))
-        if not_patient.height:
-            self.problem(
-                not_patient["_record_key"],
-                "subject_not_a_patient",
-                _REASONS["subject_not_a_patient"].format(kind=self.mapping.resource, where=self.where),
-            )
+        # A subject of a known other type (Group, Device, Location) or a contained one cannot be a
+        # person; an unresolved urn:uuid is left to the loader, which reports it as dangling.
+        contained = person.str.contains("#", literal=True)
+        other_type = person.str.contains(r"^fhir\|[A-Z][A-Za-z]+[/?]") & ~person.str.starts_with(
+            "fhir|Patient"
+        )
+        for code, rows in (
+            ("contained_subject", frame.filter(contained)),
+            ("subject_not_a_patient", frame.filter(other_type & ~contained)),
+        ):
+            if rows.height:
+                reason = _REASONS[code].format(kind=self.mapping.resource, where=self.where)
+                self.problem(rows["_record_key"], code, reason)
         if "start_date" not in frame.columns:
             raise MappingError(f"{self.where}: a routed output needs a start facet")
         self.require(frame, {"start_date": "missing_date"})
@@ -570,6 +576,7 @@ class _Output:
 _REASONS = {
     "missing_subject": "The {kind} names no patient (no subject or patient reference): it belongs to no one.",
     "subject_not_a_patient": "The {kind} is about something other than a Patient (group, device, location).",
+    "contained_subject": "The {kind}'s subject is contained inside it, not a Patient record to be a person.",
     "missing_date": "The {kind} has none of the dates {where} reads, so it cannot be placed in time.",
     "missing_birth_date": "The {kind} has no birth date; OMOP person.year_of_birth is required.",
 }
