@@ -340,3 +340,36 @@ def test_organization_practitioner_role_location_and_coverage(tmp_path: Path, vo
         "2020-12-31",
     )
     assert plan["_ref__person_id"] == "fhir|Patient/p1"
+
+
+def test_comparator_reference_range_and_coded_value(tmp_path: Path, vocab: Vocabulary) -> None:
+    base = {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2022-01-02",
+    }
+    bp = {
+        **base,
+        "id": "sbp",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+        "valueQuantity": {"value": 90, "comparator": "<", "unit": "mmHg"},
+        "referenceRange": [{"low": {"value": 90}, "high": {"value": 140}}],
+    }
+    coded = {
+        **base,
+        "id": "coded",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "69453-9"}]},
+        "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "410429000"}]},
+    }
+    _write(tmp_path / "sbp.json", bp)
+    _write(tmp_path / "coded.json", coded)
+    batch = map_fhir([tmp_path], vocab)
+    rows = {r["_record_id"]: r for t in batch.tables.values() for r in t.iter_rows(named=True)}
+    sbp = rows["sbp"]
+    assert (sbp["operator_concept_id"], sbp["range_low"], sbp["range_high"]) == (4171756, 90.0, 140.0)
+    assert (sbp["unit_concept_id"], sbp["unit_source_value"]) == (8876, "mmHg")  # UCUM synonym
+    assert (rows["coded"]["value_as_concept_id"], rows["coded"]["value_source_value"]) == (
+        321042,
+        "410429000",
+    )
