@@ -155,11 +155,8 @@ def _remove_records(
     ).fetchall()[0][0]
     con.unregister("_deleted_frame")
     ours = f"record_key IN (SELECT _record_key FROM {_AFFECTED})"
-    tables = [
-        r[0]
-        for r in con.execute(f"SELECT DISTINCT omop_table FROM {SIDE_SCHEMA}.lineage WHERE {ours}").fetchall()
-    ]
-    for name in tables:
+    touched = con.execute(f"SELECT DISTINCT omop_table FROM {SIDE_SCHEMA}.lineage WHERE {ours}").fetchall()
+    for (name,) in touched:
         ids = f"SELECT omop_id FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND {ours}"
         _count(report.removed, name, _delete_rows(con, cdm_schema().table(name), ids, [name]))
     con.execute(f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE {ours}")
