@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines.defs.partitions import landing_batches
+from pipelines.defs.quality import dqd_table_checks
 from pipelines.defs.settings import PasserelleSettings
 
 ingest_batch = dg.define_asset_job(
@@ -16,7 +17,8 @@ ingest_batch = dg.define_asset_job(
 )
 refresh_warehouse = dg.define_asset_job(
     "refresh_warehouse",
-    selection=dg.AssetSelection.groups("vocabulary", "derived", "quality", "exports"),
+    selection=dg.AssetSelection.groups("vocabulary", "derived", "quality", "exports")
+    | dg.AssetSelection.checks(dqd_table_checks),
     description="Vocabulary, derived tables, quality checks and exports over the whole warehouse.",
 )
 
