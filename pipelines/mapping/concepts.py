@@ -47,7 +47,8 @@ def resolve_concepts(
     ``system`` holds a FHIR system URI, an openEHR terminology id (versions such as
     ``http://snomed.info/sct (20230731)`` are fine) or an OMOP vocabulary_id. concept_id and
     source_concept_id are 0 when unknown; domain_id and value_as_concept_id are null then. Rows keep
-    their order; a code with several "Maps to" targets gives one row per target, next to each other.
+    their order, each with its code's first target (lowest concept_id); a code with several "Maps to"
+    targets gives one more row per further target, appended after all rows.
     """
     names = [f"{prefix}{c}" for c in _RESOLVED] + [f"{prefix}source_value"]
     _check_free(frame, names)
@@ -285,9 +286,10 @@ def _find(vocabulary_id: pl.Series, code: pl.Series, lookup: pl.DataFrame) -> pl
 def _attach(
     frame: pl.DataFrame, slots: pl.Series, n_slots: int, found: pl.DataFrame, names: dict[str, str]
 ) -> pl.DataFrame:
-    """Add ``found``'s columns to every row of ``frame`` through its slot; rows whose slot has several
-    found rows are repeated (fan-out, in place), rows whose slot has none get nulls."""
-    found = found.sort("slot", maintain_order=True)
+    """Add ``found``'s columns to every row of ``frame`` through its slot (nulls where the slot found
+    nothing). Every row gets its slot's first found row in place, without copying the frame; the
+    further targets of one-to-many slots become extra copies of their rows, appended after all rows."""
+    found = found.sort("slot", "concept_id", maintain_order=True)
     per_slot = np.bincount(found.get_column("slot").to_numpy(), minlength=n_slots).astype(np.int64)
     first_of_slot = np.cumsum(per_slot) - per_slot
     # one extra all-null row at the end: rows without a match point there
@@ -295,15 +297,16 @@ def _attach(
     missing = found.height
     slot = slots.to_numpy()
     row_counts = per_slot[slot]
-    if row_counts.max(initial=0) <= 1:  # no fan-out: one value per row, the frame itself is not copied
-        index = np.where(row_counts == 1, first_of_slot[slot], missing)
-        return frame.with_columns(values.gather(index).get_columns())
-    repeats = np.maximum(row_counts, 1)
-    row_index = np.repeat(np.arange(frame.height), repeats)
-    within = np.arange(len(row_index)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-    slot_of_row = slot[row_index]
-    index = np.where(row_counts[row_index] > 0, first_of_slot[slot_of_row] + within, missing)
-    return frame.gather(row_index).with_columns(values.gather(index).get_columns())
+    index = np.where(row_counts > 0, first_of_slot[slot], missing)
+    out = frame.with_columns(values.gather(index).get_columns())
+    extra = np.flatnonzero(row_counts > 1)
+    if len(extra) == 0:
+        return out
+    repeats = row_counts[extra] - 1
+    rows = np.repeat(extra, repeats)
+    within = 1 + np.arange(len(rows)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+    more = frame.gather(rows).with_columns(values.gather(first_of_slot[slot[rows]] + within).get_columns())
+    return pl.concat([out, more])
 
 
 def _check_free(frame: pl.DataFrame, columns: list[str]) -> None:

@@ -65,13 +65,23 @@ def convert_to_parquet(source: Path, table: Table, target: Path) -> int:
             f"{source}: not a {table.name.upper()} table, missing column(s) {', '.join(missing)}"
         )
     raw = _scan(source, header, separator)
-    typed = raw.select(_typed(table, header, strict=True))
+    date_format = _date_format(raw, table, header)
+    typed = raw.select(_typed(table, header, date_format, strict=True))
     try:
         typed.sink_parquet(target, compression="zstd", statistics=True)
     except pl.exceptions.PolarsError:
         target.unlink(missing_ok=True)
-        raise _first_bad_value(source, table, header, separator) from None
+        raise _first_bad_value(source, table, header, separator, date_format) from None
     return pl.scan_parquet(target).select(pl.len()).collect().item()
+
+
+def _date_format(raw: pl.LazyFrame, table: Table, header: list[str]) -> str:
+    """Athena writes 20991231, CDM exports 2099-12-31: one format per file, told by its first date."""
+    dates = [c.name for c in table.columns if c.type == "date" and c.name in header]
+    if not dates:
+        return "%Y%m%d"
+    first = raw.select(pl.col(dates[0]).drop_nulls().first()).collect().item()
+    return "%Y-%m-%d" if first and "-" in first else "%Y%m%d"
 
 
 def _header(source: Path) -> tuple[list[str], str]:
@@ -97,36 +107,33 @@ def _scan(source: Path, header: list[str], separator: str) -> pl.LazyFrame:
     )
 
 
-def _typed(table: Table, header: list[str], *, strict: bool) -> list[pl.Expr]:
+def _typed(table: Table, header: list[str], date_format: str, *, strict: bool) -> list[pl.Expr]:
+    """Typed CDM columns from the all-text scan (empty fields are already null)."""
     out = []
     for column in table.columns:
         if column.name not in header:  # an optional column the export left out
             out.append(pl.lit(None, dtype=_DTYPES.get(column.type, pl.Utf8)).alias(column.name))
             continue
-        value = pl.col(column.name).str.strip_chars("\r")
-        blank = value.is_null() | (value == "")
+        value = pl.col(column.name)
+        value = pl.when(value != "").then(value)  # a quoted "" of a CDM export means no value too
+        if column.name == header[-1]:  # the last field of a CRLF file keeps its \r
+            value = value.str.strip_chars_end("\r")
         if column.type == "date":
-            parsed = pl.coalesce(
-                value.str.strptime(pl.Date, "%Y%m%d", strict=False),
-                value.str.strptime(pl.Date, "%Y-%m-%d", strict=False),
-            )
-            if strict:  # a non-empty value that is neither format must fail the load
-                parsed = pl.when(blank | parsed.is_not_null()).then(parsed).otherwise(value.cast(pl.Date))
-            expr = parsed
+            value = value.str.strptime(pl.Date, date_format, strict=strict)
         elif column.type in _DTYPES:
-            expr = pl.when(blank).then(None).otherwise(value).cast(_DTYPES[column.type], strict=strict)
-        else:
-            expr = pl.when(blank).then(None).otherwise(value)
-        out.append(expr.alias(column.name))
+            value = value.cast(_DTYPES[column.type], strict=strict)
+        out.append(value.alias(column.name))
     return out
 
 
-def _first_bad_value(source: Path, table: Table, header: list[str], separator: str) -> VocabularyFileError:
+def _first_bad_value(
+    source: Path, table: Table, header: list[str], separator: str, date_format: str
+) -> VocabularyFileError:
     raw = _scan(source, header, separator).with_row_index("_line", offset=2)
     loose = raw.select(
         "_line",
         *[pl.col(c.name).alias(f"_raw_{c.name}") for c in table.columns if c.name in header],
-        *_typed(table, header, strict=False),
+        *_typed(table, header, date_format, strict=False),
     )
     for column in table.columns:
         if column.name not in header or column.type not in _DTYPES:
