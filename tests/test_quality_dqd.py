@@ -105,6 +105,11 @@ def test_fatal_failures_and_per_table_results(results: DqdResults) -> None:
         "field_isforeignkey_cdm_source_cdm_version_concept_id",
     }
     assert len(results.by_table()["measurement"]) > 50
+    metadata = results.table_metadata("MEASUREMENT")
+    assert metadata["field_isforeignkey_measurement_visit_occurrence_id"] == (
+        "1 of 3 rows (33.33%), threshold 0%"
+    )
+    assert metadata["fatal"] == 1 and metadata["FAIL"] == 2  # the dangling visit, the kilogram HbA1c
     assert len(results.results) == 2374
 
 

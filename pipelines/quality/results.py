@@ -93,6 +93,24 @@ class DqdResults:
             tables.setdefault(r.check.table, []).append(r)
         return tables
 
+    def table_metadata(self, table: str) -> dict[str, int | str]:
+        """Metadata for a per-table asset check: checks by status, fatal failures, and each failed
+        check's numbers ("12 of 340 rows (3.53%), threshold 0%") under its checkId."""
+        rows = self.by_table().get(table.lower(), [])
+        metadata: dict[str, int | str] = {"checks": len(rows), "fatal": sum(r.is_fatal for r in rows)}
+        for r in rows:
+            metadata[r.status] = int(metadata.get(r.status, 0)) + 1
+        for r in rows:
+            if r.is_error:
+                metadata[r.check_id] = f"error: {r.error}"
+            elif r.failed:
+                threshold = f"{r.check.threshold:g}%" if r.check.threshold else "0%"
+                metadata[r.check_id] = (
+                    f"{r.num_violated_rows} of {r.num_denominator_rows} rows "
+                    f"({(r.pct_violated_rows or 0) * 100:.2f}%), threshold {threshold}"
+                )
+        return metadata
+
     def fatal_failures(self) -> list[CheckResult]:
         return [r for r in self.results if r.is_fatal]
 
