@@ -183,5 +183,5 @@ def test_sample_cdm_source_records_the_starter_vocabulary(cdm):
     derive_all(cdm, extraction_date=EXTRACTION)
 
     assert rows(cdm, "SELECT vocabulary_version, cdm_version_concept_id FROM cdm_source") == [
-        ("Passerelle starter v", 756265)
+        ("starter v1 2026-11", 756265)
     ]

@@ -62,7 +62,7 @@ def test_run_loads_every_source_and_reports(sources, tmp_path):
     assert persons == manifest["patients"] == 24
     assert quarantined == len(manifest["broken_records"]) == 4
     assert periods == persons  # every person with an event has an observation period
-    assert version.startswith("Passerelle starter")
+    assert version == "starter v1 2026-11"
     assert f"Quarantined: {quarantined}" in result.stdout
     assert "OMOP rows written" in result.stdout and "measurement" in result.stdout
     parquet_persons = duckdb.sql(f"SELECT count(*) FROM '{parquet}/person/*.parquet'").fetchall()[0][0]

@@ -23,7 +23,7 @@ def _own_cache(tmp_path, monkeypatch):
 
 def test_starter_loads_with_its_release_and_real_concepts():
     vocab = load_vocabulary()
-    assert vocab.version.startswith("Passerelle starter v1")
+    assert vocab.version.startswith("starter v1")
     concept = vocab.concept.collect()
     assert concept.height == vocab.tables["concept"]["rows"] > 300
     by_id = dict(concept.select("concept_id", "concept_name").iter_rows())
@@ -73,7 +73,7 @@ def test_cache_key_follows_content_not_size_or_mtime(tmp_path):
 
     os.utime(vocabulary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert content_key(folder) != before
-    assert load_vocabulary(folder).version.startswith("Passerelle starter v2")
+    assert load_vocabulary(folder).version.startswith("starter v2")
 
 
 def test_athena_names_with_stray_quotes_load_unchanged(tmp_path):
