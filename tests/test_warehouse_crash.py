@@ -121,3 +121,24 @@ def test_a_second_writing_process_is_refused_with_a_clear_message(warehouse_path
         holder.wait()
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         assert con.execute("SELECT run_id FROM passerelle.run_log").fetchall() == [(1,)]
+
+
+@pytest.mark.slow
+def test_duckdb_1x_clients_read_the_warehouse_after_incremental_loads(
+    warehouse_path: Path, tmp_path: Path
+) -> None:
+    """Deletes, replacements and the side tables keep the file in the storage format R's DuckDB reads."""
+    from tests.test_warehouse_init import _duckdb1_python
+
+    load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=1)
+    load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=2)
+    python = _duckdb1_python(tmp_path)
+    script = (
+        "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True);"
+        "q = lambda sql: con.execute(sql).fetchone();"
+        "print(duckdb.__version__, q('SELECT count(*), sum(value_as_number) FROM measurement'),"
+        " q('SELECT count(*) FROM passerelle.lineage')[0])"
+    )
+    result = subprocess.run([python, "-c", script, str(warehouse_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1.1.3 (3, 264.0) 7"
