@@ -1,4 +1,5 @@
-"""A load killed midway (SIGKILL, no chance to clean up) leaves the previous warehouse state intact."""
+"""The warehouse file between processes: a load killed midway (SIGKILL) leaves the previous state, a
+second writer is refused, and the DuckDB 1.x clients of OHDSI's R tools read what the loads wrote."""
 
 from __future__ import annotations
 
