@@ -70,6 +70,7 @@ def test_the_parquet_export_describes_itself_and_keeps_cdm_types(tmp_path: Path)
     assert manifest["tables"]["concept"] == vocab.concept.select(pl.len()).collect().item()
     assert sorted(p.name for p in folder.iterdir()) == sorted([*cdm_schema().table_names, "manifest.json"])
     assert report.exported[f"Parquet {folder}"] == manifest["tables"]
+    assert report.exported[f"DuckDB {tmp_path / 'w.duckdb'}"] == manifest["tables"]
 
     measurement = ds.dataset(folder / "measurement", format="parquet").to_table()
     assert measurement.schema.field("measurement_id").type == pa.int64()

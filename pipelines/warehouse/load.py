@@ -50,7 +50,7 @@ class LoadReport:
     truncated: dict[str, int] = field(default_factory=dict)  # "table.column": text cut to CDM length
     records_loaded: int = 0  # source records with rows in this batch
     records_deleted: int = 0  # deletions that removed rows
-    exported: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> rows per table
+    exported: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> rows per table it holds
     outputs: dict[str, str] = field(default_factory=dict)  # where the CDM now is, e.g. {"parquet": DIR}
 
     @property
@@ -117,9 +117,8 @@ def load_batch(
             raise
         logger.info("run %d committed to %s", run_id, warehouse.description)
         if export:
-            exports = [t for t in targets if t is not warehouse]
-            try:
-                report.exported = store_all(con, exports, run_id=run_id, vocabulary_version=version)
+            try:  # the warehouse itself only counts its rows: what every target now holds
+                report.exported = store_all(con, targets, run_id=run_id, vocabulary_version=version)
             except BaseException:
                 con.execute(
                     f"UPDATE {SIDE_SCHEMA}.run_log SET status = 'export_failed' WHERE run_id = ?", [run_id]
