@@ -301,3 +301,22 @@ def test_a_new_version_with_fewer_rows_leaves_only_those(warehouse_path: Path) -
     assert [r for r in rows if r[1] == diastolic] == []
     assert (ids[128.0], 3004249, 131.0) in rows
     assert len(rows) == 4
+
+
+def test_a_record_deleted_and_brought_by_one_batch_keeps_the_rows_brought(warehouse_path: Path) -> None:
+    _load(warehouse_path, first_batch())
+    batch = MappedBatch(
+        tables={"measurement": measurements([("hr-1", "anna", "enc-1", HEART_RATE, 70.0, PER_MINUTE)])},
+        deletions=pl.DataFrame(
+            {
+                "_record_key": ["fhir|Observation/hr-1"],
+                "_source_format": ["fhir"],
+                "_source_file": ["tx.json"],
+            }
+        ),
+    )
+    report = _load(warehouse_path, batch)
+    assert report.records_deleted == 1 and report.inserted == {"measurement": 1}
+    assert _query(
+        warehouse_path, "SELECT measurement_id, value_as_number FROM measurement WHERE value_as_number = 70"
+    ) == [(1, 70.0)]
