@@ -156,3 +156,16 @@ def test_normalize_system_keeps_distinct_systems_distinct():
     assert normalize_system("http://hl7.org/fhir/sid/icd-10") != normalize_system(
         "http://hl7.org/fhir/sid/icd-10-cm"
     )
+
+
+def test_crlf_line_endings_load_like_lf(tmp_path):
+    folder = tmp_path / "vocab"
+    shutil.copytree(STARTER, folder)
+    for name in ("CONCEPT.csv", "CONCEPT_ANCESTOR.csv"):
+        path = folder / name
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    vocab = load_vocabulary(folder)
+    ancestor = vocab.concept_ancestor.filter(pl.col("descendant_concept_id") == 19059056).collect()
+    assert ancestor["max_levels_of_separation"].max() == 1
+    male = vocab.concept.filter(pl.col("concept_id") == 8507).collect().row(0, named=True)
+    assert (male["invalid_reason"], male["concept_code"]) == (None, "M")

@@ -115,9 +115,9 @@ def _typed(table: Table, header: list[str], date_format: str, *, strict: bool) -
             out.append(pl.lit(None, dtype=_DTYPES.get(column.type, pl.Utf8)).alias(column.name))
             continue
         value = pl.col(column.name)
-        value = pl.when(value != "").then(value)  # a quoted "" of a CDM export means no value too
         if column.name == header[-1]:  # the last field of a CRLF file keeps its \r
             value = value.str.strip_chars_end("\r")
+        value = pl.when(value != "").then(value)  # a quoted "" of a CDM export means no value too
         if column.type == "date":
             value = value.str.strptime(pl.Date, date_format, strict=strict)
         elif column.type in _DTYPES:
