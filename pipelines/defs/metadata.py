@@ -12,14 +12,26 @@ def markdown_table(rows: list[tuple], header: tuple[str, ...]) -> dg.MetadataVal
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def batch_metadata(batch: MappedBatch, seconds: float) -> dict[str, object]:
-    """Inputs, rows, quarantine by reason, coverage and the top unmapped codes of a mapped batch."""
+def batch_metadata(batch: MappedBatch, coverage: pl.DataFrame, seconds: float) -> dict[str, object]:
+    """Inputs, rows, quarantine by reason, coverage and the top unmapped codes of a mapped batch.
+
+    ``coverage`` is ``pipelines.mapping.concepts.batch_coverage`` of the batch.
+    """
     quarantined = (
         batch.quarantine.group_by("reason_code").len().sort("len", descending=True).rows()
         if batch.quarantine.height
         else []
     )
-    metadata: dict[str, object] = {
+    total = int(coverage["rows"].sum()) if coverage.height else 0
+    mapped = int(coverage.filter("mapped")["rows"].sum()) if coverage.height else 0
+    unmapped = (
+        coverage.filter(~coverage["mapped"])
+        .sort("rows", descending=True)
+        .head(20)
+        .select("source_vocabulary_id", "source_code", "target_table", "rows")
+        .rows()
+    )
+    return {
         "input_records": dg.MetadataValue.int(sum(batch.inputs.values())),
         "inputs_by_type": markdown_table(sorted(batch.inputs.items()), ("record type", "records")),
         "rows_by_table": markdown_table(
@@ -28,29 +40,7 @@ def batch_metadata(batch: MappedBatch, seconds: float) -> dict[str, object]:
         "filtered": markdown_table(sorted(batch.filtered.items()), ("rule", "records")),
         "quarantined": dg.MetadataValue.int(batch.quarantine.height),
         "quarantine_by_reason": markdown_table(quarantined, ("reason", "records")),
+        "mapping_coverage": dg.MetadataValue.float(round(mapped / total, 4) if total else 1.0),
+        "top_unmapped_codes": markdown_table(unmapped, ("vocabulary", "source code", "OMOP table", "rows")),
         "seconds": round(seconds, 2),
     }
-    unmapped = top_unmapped(batch)
-    if unmapped is not None:
-        metadata["top_unmapped_codes"] = markdown_table(
-            unmapped.rows(), ("OMOP table", "source value", "rows")
-        )
-    return metadata
-
-
-def top_unmapped(batch: MappedBatch, limit: int = 20) -> pl.DataFrame | None:
-    """Source codes without a standard concept, most frequent first. Codes, not patient values."""
-    frames = []
-    for table, frame in batch.tables.items():
-        stem = table.removesuffix("_occurrence").removesuffix("_exposure")
-        concept, source = f"{stem}_concept_id", f"{stem}_source_value"
-        if concept in frame.columns and source in frame.columns:
-            frames.append(
-                frame.filter(pl.col(concept) == 0)
-                .group_by(source)
-                .len()
-                .select(pl.lit(table).alias("table"), pl.col(source).alias("source_value"), "len")
-            )
-    if not frames:
-        return None
-    return pl.concat(frames).sort("len", descending=True).head(limit)

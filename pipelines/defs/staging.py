@@ -9,6 +9,7 @@ from pipelines.defs.metadata import batch_metadata
 from pipelines.defs.partitions import landing_batches
 from pipelines.defs.settings import PasserelleSettings
 from pipelines.mapping.batch import MappedBatch, write_batch
+from pipelines.mapping.concepts import batch_coverage
 
 
 def _sources(settings: PasserelleSettings, batch: str, kind: str) -> list[Path]:
@@ -27,9 +28,11 @@ def fhir_staging(context: dg.AssetExecutionContext, settings: PasserelleSettings
 
     started = time.perf_counter()
     sources = _sources(settings, context.partition_key, "fhir")
-    batch = map_fhir(sources, load_vocabulary(settings.vocab_folder)) if sources else MappedBatch()
+    vocab = load_vocabulary(settings.vocab_folder)
+    batch = map_fhir(sources, vocab) if sources else MappedBatch()
     write_batch(batch, settings.staged(context.partition_key, "fhir"))
-    return dg.MaterializeResult(metadata=batch_metadata(batch, time.perf_counter() - started))
+    seconds = time.perf_counter() - started
+    return dg.MaterializeResult(metadata=batch_metadata(batch, batch_coverage(batch.tables, vocab), seconds))
 
 
 @dg.asset(
@@ -43,6 +46,8 @@ def openehr_staging(context: dg.AssetExecutionContext, settings: PasserelleSetti
 
     started = time.perf_counter()
     sources = _sources(settings, context.partition_key, "openehr")
-    batch = map_openehr(sources, load_vocabulary(settings.vocab_folder)) if sources else MappedBatch()
+    vocab = load_vocabulary(settings.vocab_folder)
+    batch = map_openehr(sources, vocab) if sources else MappedBatch()
     write_batch(batch, settings.staged(context.partition_key, "openehr"))
-    return dg.MaterializeResult(metadata=batch_metadata(batch, time.perf_counter() - started))
+    seconds = time.perf_counter() - started
+    return dg.MaterializeResult(metadata=batch_metadata(batch, batch_coverage(batch.tables, vocab), seconds))

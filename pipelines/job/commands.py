@@ -132,6 +132,14 @@ def print_summary(summary: RunSummary) -> None:
     )
     if summary.coverage is not None:
         console.print(f"Mapping coverage: {summary.coverage:.1%} of coded rows have a standard concept")
+    if summary.top_unmapped:
+        console.print(
+            "Most frequent unmapped codes: "
+            + ", ".join(
+                f"{vocabulary} {code} ({table}, {rows:,})"
+                for vocabulary, code, table, rows in summary.top_unmapped
+            )
+        )
     console.print(f"Vocabulary: {summary.vocabulary_version}")
     if summary.quality:
         console.print(

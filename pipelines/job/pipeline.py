@@ -36,6 +36,7 @@ class RunSummary:
     rows: dict[str, int] = field(default_factory=dict)  # rows written per OMOP table
     derived: dict[str, int] = field(default_factory=dict)
     coverage: float | None = None  # share of coded rows mapped to a standard concept
+    top_unmapped: list[tuple] = field(default_factory=list)  # (vocabulary, code, table, rows)
     vocabulary_version: str = ""
     quality: dict[str, int] = field(default_factory=dict)  # checks by status
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
@@ -101,7 +102,7 @@ def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSu
         with step("openEHR"):
             batch = batch.merge(map_openehr(options.openehr, vocab, mapping_dirs=options.omocl or None))
     summary.inputs, summary.mapped, summary.filtered = batch.inputs, batch.mapped, batch.filtered
-    summary.coverage = _coverage(batch)
+    _record_coverage(summary, batch, vocab, options)
 
     from pipelines.warehouse import export_cdm, load_batch, open_targets
     from pipelines.warehouse.targets import system_of_record
@@ -139,15 +140,26 @@ def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSu
     return summary
 
 
-def _coverage(batch: MappedBatch) -> float | None:
-    """Share of coded OMOP rows whose main concept is a standard one (concept_id > 0)."""
-    mapped = total = 0
-    for table, frame in batch.tables.items():
-        column = f"{table.removesuffix('_occurrence').removesuffix('_exposure')}_concept_id"
-        if column in frame.columns:
-            total += frame.height
-            mapped += int((frame[column] > 0).sum())
-    return round(mapped / total, 4) if total else None
+def _record_coverage(summary: RunSummary, batch: MappedBatch, vocab, options: RunOptions) -> None:
+    """Mapping coverage in the summary, and the unmapped codes as a CSV a mapping team takes to Usagi."""
+    from pipelines.mapping.concepts import batch_coverage, write_coverage_report
+
+    counts = batch_coverage(batch.tables, vocab)
+    total = int(counts["rows"].sum()) if counts.height else 0
+    mapped = int(counts.filter("mapped")["rows"].sum()) if counts.height else 0
+    summary.coverage = round(mapped / total, 4) if total else None
+    summary.top_unmapped = (
+        counts.filter(~counts["mapped"])
+        .sort("rows", descending=True)
+        .head(5)
+        .select("source_vocabulary_id", "source_code", "target_table", "rows")
+        .rows()
+    )
+    folder = options.quality_out or (options.warehouse.parent if options.warehouse else options.parquet)
+    if folder is not None and total > mapped:
+        report = Path(folder) / "unmapped_codes.csv"
+        write_coverage_report(counts, report)
+        summary.outputs["unmapped codes (Usagi CSV)"] = str(report)
 
 
 def status_counts(results: list) -> dict[str, int]:

@@ -165,7 +165,8 @@ def batch_coverage(tables: dict[str, pl.DataFrame], vocab: Vocabulary) -> pl.Dat
             )
     if not parts:
         return pl.DataFrame(schema=_COVERAGE_SCHEMA)
-    rows = pl.concat(parts, how="vertical_relaxed")
+    # A row without a source value has no code to map (e.g. a visit with no type given): not counted.
+    rows = pl.concat(parts, how="vertical_relaxed").filter(pl.col("source_code").str.len_chars() > 0)
     vocabularies = (
         vocab.concept.select(source_concept_id="concept_id", source_vocabulary_id="vocabulary_id")
         .filter(pl.col("source_concept_id") != 0)  # 0 is "No matching concept": the vocabulary is unknown
