@@ -319,4 +319,4 @@ def test_a_record_deleted_and_brought_by_one_batch_keeps_the_rows_brought(wareho
     assert report.records_deleted == 1 and report.inserted == {"measurement": 1}
     assert _query(
         warehouse_path, "SELECT measurement_id, value_as_number FROM measurement WHERE value_as_number = 70"
-    ) == [(2, 70.0)  # hr-1 keeps the id it got first (keys in order: bp-1, hr-1, hr-2)]
+    ) == [(2, 70.0)]  # hr-1 keeps the id it got first (keys in order: bp-1, hr-1, hr-2)
