@@ -192,3 +192,28 @@ def test_dq_needs_a_cdm_source_row(tmp_path: Path) -> None:
         run_dqd(con)
     outcome = CliRunner().invoke(main, ["dq", "--warehouse", str(path), "--out", str(tmp_path / "o")])
     assert outcome.exit_code == 2 and "cdm_source is empty" in outcome.output
+
+
+VOCABULARY_TABLES = [
+    "concept", "vocabulary", "domain", "concept_class", "concept_relationship", "relationship",
+    "concept_synonym", "concept_ancestor", "source_to_concept_map", "drug_strength",
+]  # fmt: skip
+
+
+def test_vocabulary_in_its_own_schema(tmp_path: Path) -> None:
+    path = tmp_path / "split.duckdb"
+    initialize(path)
+    with connect(path) as con:
+        for statement in insert_statements():
+            con.execute(statement)
+        con.execute("CREATE SCHEMA vocab")
+        for table in VOCABULARY_TABLES:
+            con.execute(f"CREATE TABLE vocab.{table} AS SELECT * FROM main.{table}")
+            con.execute(f"DROP TABLE main.{table}")
+        names = ["cdmTable", "cdmField", "measureValueCompleteness", "isStandardValidConcept", "isForeignKey"]
+        results = run_dqd(con, vocab_schema="vocab", check_names=names)
+    by_id = _by_id(results)
+    standard = by_id["field_isstandardvalidconcept_condition_occurrence_condition_concept_id"]
+    assert (standard.num_violated_rows, standard.num_denominator_rows) == (1, 4)
+    assert by_id["field_isforeignkey_condition_occurrence_condition_concept_id"].status == "PASS"
+    assert not [r for r in results.results if r.is_error]

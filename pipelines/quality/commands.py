@@ -16,10 +16,16 @@ import click
 )
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--schema", "cdm_schema", default="main", show_default=True, help="Schema of the CDM tables.")
+@click.option("--vocab-schema", default=None, help="Schema of the vocabulary tables (default: the CDM's).")
 @click.option("--check", "check_names", multiple=True, help="Run only these DQD check names (repeatable).")
 @click.option("--expectations/--no-expectations", default=False, help="Also run the GX suites (slower).")
 def dq(
-    warehouse: Path, out_dir: Path, cdm_schema: str, check_names: tuple[str, ...], expectations: bool
+    warehouse: Path,
+    out_dir: Path,
+    cdm_schema: str,
+    vocab_schema: str | None,
+    check_names: tuple[str, ...],
+    expectations: bool,
 ) -> None:
     """Run the OHDSI Data Quality Dashboard checks natively; write the DQD results JSON and an HTML report."""
     from pipelines.quality.results_json import write_results_json
@@ -27,7 +33,9 @@ def dq(
     from pipelines.warehouse.duckdb_file import connect
 
     with connect(warehouse, read_only=True) as con:
-        results = run_dqd(con, cdm_schema=cdm_schema, check_names=list(check_names) or None)
+        results = run_dqd(
+            con, cdm_schema=cdm_schema, vocab_schema=vocab_schema, check_names=list(check_names) or None
+        )
         if expectations:
             from pipelines.quality.expectations import run_expectations
 

@@ -74,12 +74,12 @@ def render(
     values.update({name: _squash(template.format_map(values)) for name, template in (scans or {}).items()})
     if "exists" in sql:
         column = f"t.{check.field}" if check.field else "*"
-        listing = f"SELECT count({column}) AS present FROM {values['cdm']}.{check.table} AS t"
-        return CheckSql(check, f"{values['cdm']}.{check.table}", None, "0", "1", "count(*)", None, listing)
+        listing = f"SELECT count({column}) AS present FROM {values['home']}.{check.table} AS t"
+        return CheckSql(check, f"{values['home']}.{check.table}", None, "0", "1", "count(*)", None, listing)
     violated_template = sql["violated"]
     if check.name == "plausibleTemporalAfter" and values["after_table"] == "person" != check.table:
         violated_template = sql["violated_via_person"]
-    scan = _squash(sql.get("scan", "{cdm}.{table}").format_map(values))
+    scan = _squash(sql.get("scan", "{home}.{table}").format_map(values))
     restrict = sql["restrict"].format_map(values) if "restrict" in sql else None
     violated = _squash(violated_template.format_map(values))
     denominator = _squash(sql["denominator"].format_map(values)) if "denominator" in sql else None
@@ -189,6 +189,8 @@ def _placeholders(check: Check, cdm: str, vocab: str, table_schemas: dict[str, s
         "concept_name": check.concept_name or "",
         **p,
     }
+    # the schema of the checked table itself: vocabulary tables live in the vocabulary schema
+    values["home"] = vocab if table_schemas.get(check.table) == "vocab" else cdm
     if "fk_table" in p:
         values["fk_schema"] = vocab if table_schemas.get(p["fk_table"]) == "vocab" else cdm
     if "value" in p:
