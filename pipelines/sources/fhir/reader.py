@@ -91,7 +91,11 @@ def read_fhir(paths: list[Path]) -> StagedFhir:
     with _gc_paused():
         for path in discover(paths):
             staging.read_file(path)
-    return staging.finish()
+        # Build the frames and drop the decoded Structs before the collector runs again, so that
+        # it does not walk millions of objects that are about to be freed anyway.
+        staged = staging.finish()
+        staging.columns.clear()
+    return staged
 
 
 @contextmanager
@@ -127,6 +131,7 @@ class _Staging:
         self.filtered: Counter[str] = Counter()
         self.scopes = 0
         self.decoder = model.resource_decoder()
+        self.document_decoder = model.document_decoder()
 
     # --- files ------------------------------------------------------------------------------
 
@@ -148,7 +153,7 @@ class _Staging:
                 data = path.read_bytes()
                 if lower.endswith(".gz"):
                     data = gzip.decompress(data)
-                self.read_record(data.removeprefix(_BOM), name, 0, self._new_scope())
+                self.read_document(data.removeprefix(_BOM), name)
         except (OSError, EOFError, zlib.error) as error:
             self._quarantine(
                 name,
@@ -165,6 +170,18 @@ class _Staging:
 
     # --- records ----------------------------------------------------------------------------
 
+    def read_document(self, data: bytes, file: str) -> None:
+        """A JSON file: decoded in one pass when it is sound, else record by record."""
+        try:
+            document = self.document_decoder.decode(data)
+        except msgspec.DecodeError:
+            self.read_record(data, file, 0, self._new_scope())
+            return
+        if _is_bundle(document):
+            self.read_bundle(document, file, 0, self._new_scope())
+        else:
+            self.take(document, file, 0, self._new_scope(), None)
+
     def read_record(
         self, raw: bytes, file: str, position: int, scope: int, full_url: str | None = None
     ) -> None:
@@ -173,7 +190,7 @@ class _Staging:
         except msgspec.DecodeError as error:
             self._reject(raw, file, position, error)
             return
-        if isinstance(resource, model.Bundle):
+        if _is_bundle(resource):
             self.read_bundle(resource, file, position, scope)
             return
         self.take(resource, file, position, scope, full_url)
@@ -210,7 +227,8 @@ class _Staging:
             code, reason = "invalid_element", f"A {kind} element has the wrong JSON type: {error}."
         self._quarantine(file, position, kind, record_id, code, reason)
 
-    def read_bundle(self, bundle: model.Bundle, file: str, position: int, scope: int) -> None:
+    def read_bundle(self, bundle: msgspec.Struct, file: str, position: int, scope: int) -> None:
+        """Entries hold raw JSON (decoded here, one by one) or, from ``read_document``, resources."""
         entries = bundle.entry or []
         in_ndjson = position > 0
         if bundle.type in _RESPONSE_BUNDLES:
@@ -242,7 +260,12 @@ class _Staging:
                 continue
             if method in _QUERY_METHODS or not _present(entry.resource):
                 continue
-            self.read_record(entry.resource, file, entry_position, scope, entry.fullUrl)
+            if isinstance(entry.resource, msgspec.Raw):
+                self.read_record(entry.resource, file, entry_position, scope, entry.fullUrl)
+            elif _is_bundle(entry.resource):
+                self.read_bundle(entry.resource, file, entry_position, scope)
+            else:
+                self.take(entry.resource, file, entry_position, scope, entry.fullUrl)
 
     def take(
         self, resource: msgspec.Struct, file: str, position: int, scope: int, full_url: str | None
@@ -362,11 +385,20 @@ def _identifiers(resources: dict[str, pl.DataFrame]) -> pl.DataFrame:
     )
 
 
-def _present(raw: msgspec.Raw) -> bool:
-    return len(raw) > 0 and bytes(raw) != b"null"
+def _is_bundle(resource: msgspec.Struct) -> bool:
+    return type(resource).__struct_config__.tag == "Bundle"
 
 
-def _kind_of(raw: bytes) -> str:
+def _present(resource: msgspec.Raw | msgspec.Struct | None) -> bool:
+    if isinstance(resource, msgspec.Raw):
+        return len(resource) > 0 and bytes(resource) != b"null"
+    return resource is not None
+
+
+def _kind_of(resource: msgspec.Raw | msgspec.Struct) -> str:
+    if not isinstance(resource, msgspec.Raw):
+        return type(resource).__struct_config__.tag
+    raw = resource
     try:
         kind = _envelope.decode(raw).resourceType
     except msgspec.DecodeError:
