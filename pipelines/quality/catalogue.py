@@ -31,7 +31,7 @@ class CheckType:
     severity: str  # fatal | convention | characterization
     sql_file: str
     description: str
-    sql: dict[str, str]  # scan, restrict, violated, denominator, count, exists, violated_via_person
+    sql: dict[str, str]  # scan, restrict, violated (and its variants), denominator, count, exists
     deprecated: bool = False
 
 
@@ -138,7 +138,16 @@ def load_catalogue(cdm_version: str = "5.4", folder: Path | None = None) -> Cata
 
 
 def _check_type(name: str, body: dict) -> CheckType:
-    sql_keys = ("scan", "restrict", "violated", "violated_via_person", "denominator", "count", "exists")
+    sql_keys = (
+        "scan",
+        "restrict",
+        "violated",
+        "violated_via_person",
+        "violated_in_integer_column",
+        "denominator",
+        "count",
+        "exists",
+    )
     return CheckType(
         name=name,
         level=body["level"],

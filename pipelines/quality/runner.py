@@ -22,13 +22,21 @@ from pipelines.quality.results import CheckResult, DqdResults
 from pipelines.quality.sql import CheckSql, batches, render, transpile
 from pipelines.quality.status import evaluate
 
+# information_schema data_type values of integer columns (DuckDB, PostgreSQL)
+_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                  "UBIGINT", "UHUGEINT", "INT"}  # fmt: skip
+
 
 class _Database(Protocol):
     dialect: str
 
     def rows(self, sql: str) -> list[tuple]: ...
 
-    def columns(self, schema: str) -> dict[str, set[str]]: ...
+    def columns(self, schema: str) -> dict[str, dict[str, str]]: ...
+
+    def column_order(self, schema: str, table: str) -> list[str]: ...
+
+    def close(self) -> None: ...
 
 
 def run_dqd(
@@ -64,6 +72,12 @@ def run_dqd(
                 vocab_schema=vocab_schema,
                 table_schemas=catalogue.table_schemas,
                 scans=catalogue.scans,
+                integer_columns=frozenset(
+                    (table, column)
+                    for table, columns in present.items()
+                    for column, data_type in columns.items()
+                    if data_type.upper() in _INTEGER_TYPES
+                ),
             )
             for c in checks
         ]
@@ -98,16 +112,16 @@ def _result(item: CheckSql, dialect: str) -> CheckResult:
     return CheckResult(check=item.check, query_text=item.standalone(dialect))
 
 
-def _existence(check: Check, present: dict[str, set[str]]) -> int | None:
+def _existence(check: Check, present: dict[str, dict[str, str]]) -> int | None:
     """cdmTable / cdmField: 0 violated when present, 1 when missing; None for other checks."""
     if check.name == "cdmTable":
         return int(check.table not in present)
     if check.name == "cdmField":
-        return int(check.field not in present.get(check.table, set()))
+        return int(check.field not in present.get(check.table, {}))
     return None
 
 
-def _present(check: Check, present: dict[str, set[str]]) -> bool:
+def _present(check: Check, present: dict[str, dict[str, str]]) -> bool:
     if check.table not in present:
         return False
     return check.field is None or check.field in present[check.table]
@@ -184,13 +198,14 @@ class _DuckDatabase:
     def rows(self, sql: str) -> list[tuple]:
         return self._con.execute(sql).fetchall()
 
-    def columns(self, schema: str) -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {}
-        for table, column in self.rows(
-            "SELECT lower(table_name), lower(column_name) FROM information_schema.columns "
+    def columns(self, schema: str) -> dict[str, dict[str, str]]:
+        """table -> column -> data type, names lower case."""
+        found: dict[str, dict[str, str]] = {}
+        for table, column, data_type in self.rows(
+            "SELECT lower(table_name), lower(column_name), data_type FROM information_schema.columns "
             f"WHERE table_schema = '{_literal(schema)}' AND table_catalog = current_database()"
         ):
-            found.setdefault(table, set()).add(column)
+            found.setdefault(table, {})[column] = data_type
         return found
 
     def column_order(self, schema: str, table: str) -> list[str]:
@@ -217,13 +232,14 @@ class _PostgresDatabase:
             cursor.execute(sql)
             return cursor.fetchall()
 
-    def columns(self, schema: str) -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {}
-        for table, column in self.rows(
-            "SELECT lower(table_name), lower(column_name) FROM information_schema.columns "
+    def columns(self, schema: str) -> dict[str, dict[str, str]]:
+        """table -> column -> data type, names lower case."""
+        found: dict[str, dict[str, str]] = {}
+        for table, column, data_type in self.rows(
+            "SELECT lower(table_name), lower(column_name), data_type FROM information_schema.columns "
             f"WHERE table_schema = '{_literal(schema)}'"
         ):
-            found.setdefault(table, set()).add(column)
+            found.setdefault(table, {})[column] = data_type
         return found
 
     def column_order(self, schema: str, table: str) -> list[str]:

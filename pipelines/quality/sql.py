@@ -67,8 +67,13 @@ def render(
     vocab_schema: str,
     table_schemas: dict[str, str],
     scans: dict[str, str] | None = None,
+    integer_columns: frozenset[tuple[str, str]] = frozenset(),
 ) -> CheckSql:
-    """Fill a check type's templates with the check's table, field, parameters and shared scans."""
+    """Fill a check type's templates with the check's table, field, parameters and shared scans.
+
+    ``integer_columns`` are (table, field) pairs the database declares integer: cdmDatatype has
+    nothing to look for in them.
+    """
     sql = check.type.sql
     values = _placeholders(check, cdm_schema, vocab_schema, table_schemas)
     values.update({name: _squash(template.format_map(values)) for name, template in (scans or {}).items()})
@@ -77,9 +82,12 @@ def render(
         listing = f"SELECT count({column}) AS present FROM {values['home']}.{check.table} AS t"
         return CheckSql(check, f"{values['home']}.{check.table}", None, "0", "1", "count(*)", None, listing)
     violated_template = sql["violated"]
+    scan_template = sql.get("scan", "{home}.{table}")
     if check.name == "plausibleTemporalAfter" and values["after_table"] == "person" != check.table:
-        violated_template = sql["violated_via_person"]
-    scan = _squash(sql.get("scan", "{home}.{table}").format_map(values))
+        violated_template, scan_template = sql["violated_via_person"], "{with_birth}"
+    if "violated_in_integer_column" in sql and (check.table, check.field) in integer_columns:
+        violated_template = sql["violated_in_integer_column"]
+    scan = _squash(scan_template.format_map(values))
     restrict = sql["restrict"].format_map(values) if "restrict" in sql else None
     violated = _squash(violated_template.format_map(values))
     denominator = _squash(sql["denominator"].format_map(values)) if "denominator" in sql else None
