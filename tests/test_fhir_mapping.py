@@ -373,3 +373,29 @@ def test_comparator_reference_range_and_coded_value(tmp_path: Path, vocab: Vocab
         321042,
         "410429000",
     )
+
+
+def test_type_concept_follows_the_category(tmp_path: Path, vocab: Vocabulary) -> None:
+    lab = {
+        "coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}
+        ]
+    }
+    for name, category in (("lab", [lab]), ("plain", None)):
+        resource = {
+            "resourceType": "Observation",
+            "id": name,
+            "status": "final",
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2022-01-02",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "valueQuantity": {"value": 120, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org"},
+        }
+        if category:
+            resource["category"] = category
+        _write(tmp_path / f"{name}.json", resource)
+    rows = map_fhir([tmp_path], vocab).tables["measurement"].sort("_record_id")
+    assert rows.select("_record_id", "measurement_type_concept_id").rows() == [
+        ("lab", 32856),
+        ("plain", 32817),
+    ]

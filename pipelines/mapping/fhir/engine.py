@@ -479,10 +479,10 @@ class _Output:
             concepts = self.codeable(concept_spec, fan_out=True)
         else:
             raise MappingError(f"{self.where}: a routed output needs a concept facet")
-        frame = facets.join(concepts, on="_row", how="left", maintain_order="left")
-        type_id = common.type_concepts[output.type_concept] if output.type_concept else 0
+        frame = facets.with_columns(self.type_concepts().alias("type_concept_id")).join(
+            concepts, on="_row", how="left", maintain_order="left"
+        )
         frame = frame.with_columns(
-            pl.lit(type_id, dtype=pl.Int32).alias("type_concept_id"),
             _value_concept(frame).alias("value_concept_id"),
             _end_or_supply(frame).alias("end_date_or_supply"),
         )
@@ -509,6 +509,13 @@ class _Output:
         for (table,), rows in frame.partition_by("_table", as_dict=True).items():
             out.append((table, self.to_table(table, rows)))
         return out
+
+    def type_concepts(self) -> pl.Series:
+        """The type concept of every row: one name, or a lookup of names (e.g. by category)."""
+        spec, known = self.output.type_concept, self.engine.common.type_concepts
+        if isinstance(spec, dict):
+            return self.raw(spec).replace_strict(known, return_dtype=pl.Int32)
+        return pl.repeat(known[spec] if spec else 0, self.rows.height, eager=True, dtype=pl.Int32)
 
     def to_table(self, table: str, rows: pl.DataFrame) -> pl.DataFrame:
         exprs = []

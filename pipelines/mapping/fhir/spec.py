@@ -39,7 +39,7 @@ class Output:
     when: dict | None
     table: str | None  # fixed table; for routed outputs, a forced table (no domain routing)
     default_table: str | None  # routed outputs: where unmapped rows go
-    type_concept: str | None
+    type_concept: str | dict | None  # a name, or {lookup: path, values: {code: name}, default: name}
     facets: dict[str, Any]  # routed outputs
     columns: dict[str, Any]  # fixed outputs
     required: dict[str, str]  # column or facet -> quarantine reason code when it is null
@@ -139,7 +139,12 @@ def _check(path: Path, output: Output, common: Common) -> None:
     for table in (output.table, output.default_table):
         if output.routed and table and table not in common.tables:
             raise MappingError(f"{where}: {table!r} is not a table of common/domain_tables.yaml")
-    if output.type_concept and output.type_concept not in common.type_concepts:
+    names = (
+        [output.type_concept["default"], *output.type_concept["values"].values()]
+        if isinstance(output.type_concept, dict)
+        else [output.type_concept]
+    )
+    if output.type_concept and any(name not in common.type_concepts for name in names):
         raise MappingError(
             f"{where}: unknown type concept {output.type_concept!r} (common/type_concepts.yaml)"
         )
