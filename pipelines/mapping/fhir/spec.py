@@ -139,6 +139,10 @@ def _check(path: Path, output: Output, common: Common) -> None:
     for table in (output.table, output.default_table):
         if output.routed and table and table not in common.tables:
             raise MappingError(f"{where}: {table!r} is not a table of common/domain_tables.yaml")
+    if isinstance(output.type_concept, dict) and not {"lookup", "values", "default"} <= set(
+        output.type_concept
+    ):
+        raise MappingError(f"{where}: a type_concept lookup needs lookup, values and default")
     names = (
         [output.type_concept["default"], *output.type_concept["values"].values()]
         if isinstance(output.type_concept, dict)
