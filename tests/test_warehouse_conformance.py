@@ -342,11 +342,16 @@ def test_rows_pointing_at_a_deleted_person_leave_the_cdm_for_quarantine(backend:
             }
         )
     )
+    with duckdb.connect(str(backend.warehouse)) as con:  # as `passerelle derive` leaves it
+        con.execute(
+            "INSERT INTO observation_period VALUES (7, 2, DATE '2024-05-02', DATE '2024-07-01', 32817)"
+        )
     report = load_batch(deletion, backend.targets, run_id=2)
     assert backend.read("person")["person_source_value"].to_list() == ["anna"]
+    assert backend.read("observation_period").is_empty()
     assert backend.read("visit_occurrence")["visit_source_value"].to_list() == ["enc-1"]
     assert backend.read("measurement")["person_id"].to_list() == [1, 1]
-    assert report.orphaned == {"visit_occurrence": 1, "measurement": 1}
+    assert report.orphaned == {"observation_period": 1, "visit_occurrence": 1, "measurement": 1}
     assert report.quarantined == {"orphaned_reference": 2}
     kept = backend.side("SELECT run_id, record_id, reason_code, reason FROM passerelle.quarantine ORDER BY 2")
     assert kept.rows() == [

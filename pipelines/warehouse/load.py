@@ -43,7 +43,9 @@ class LoadReport:
     run_id: int
     inserted: dict[str, int] = field(default_factory=dict)  # rows per CDM table
     removed: dict[str, int] = field(default_factory=dict)  # previous rows of replaced/deleted records
-    orphaned: dict[str, int] = field(default_factory=dict)  # rows whose required reference was deleted
+    orphaned: dict[str, int] = field(
+        default_factory=dict
+    )  # rows removed: their required reference was deleted
     new_ids: dict[str, int] = field(default_factory=dict)  # source keys seen for the first time
     quarantined: dict[str, int] = field(default_factory=dict)  # by reason_code (mapper's and loader's)
     nulled_references: dict[str, int] = field(default_factory=dict)  # "table.column": optional refs
@@ -259,18 +261,20 @@ def _settle_orphans(con: duckdb.DuckDBPyConnection, run_id: int, report: LoadRep
             ids = f"SELECT omop_id FROM {_ORPHANS}"
             _count(report.orphaned, name, _delete_rows(con, table, ids, []))
             reason = f"{name}: {column_name}: the {target} record it refers to was deleted"
-            con.execute(
+            # Rows with lineage came from a source record: they go to quarantine. Rows without it
+            # (derived eras and periods) are simply gone; `derive` rebuilds those tables.
+            kept = con.execute(
                 f"""INSERT INTO {SIDE_SCHEMA}.quarantine (run_id, source_format, source_file, position,
                       record_type, record_id, reason_code, reason)
                     SELECT ?, source_format, source_file, position, record_type, record_id,
                            'orphaned_reference', ?
                     FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND omop_id IN ({ids})""",
                 [run_id, reason, name],
-            )
+            ).fetchall()[0][0]
             con.execute(
                 f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND omop_id IN ({ids})", [name]
             )
-            _count(report.quarantined, "orphaned_reference", orphans)
+            _count(report.quarantined, "orphaned_reference", kept)
 
 
 def _store_mapper_quarantine(
