@@ -77,3 +77,32 @@ def test_transaction_bundle_delete_removes_what_it_names(
         assert {"123", "123a"} <= ids and "234" not in ids
     finally:
         con.close()
+
+
+def test_dangling_subject_is_quarantined_by_the_loader_and_the_rest_loads(
+    vocab: Vocabulary, tmp_path: Path, warehouse_path: Path
+) -> None:
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01"}
+    lines = [patient] + [
+        {
+            "resourceType": "Observation",
+            "id": f"o{i}",
+            "status": "final",
+            "subject": {"reference": f"Patient/{who}"},
+            "effectiveDateTime": "2022-01-02",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "valueQuantity": {"value": 120, "unit": "mmHg"},
+        }
+        for i, who in enumerate(["p1", "nobody"])
+    ]
+    path = tmp_path / "mixed.ndjson"
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    report = _load([path], vocab, warehouse_path, 1)
+    assert report.quarantined == {"dangling_reference": 1}
+    con = connect(warehouse_path)
+    try:
+        assert con.execute("select count(*) from measurement").fetchone()[0] == 1
+        row = con.execute("select record_id, position from passerelle.quarantine").fetchall()
+        assert row == [("o1", 3)]
+    finally:
+        con.close()
