@@ -1,6 +1,7 @@
 """Benchmark: the whole default DQD suite on a synthetic CDM (default 100 k persons, ~6 M rows).
 
-The CDM is generated in DuckDB SQL (seeded: the same arguments give the same data). Concepts come from
+The CDM is generated in DuckDB SQL (seeded; DuckDB's parallel random() can still vary a few rows
+between runs, which the timing does not notice). Concepts come from
 the DQD catalogue itself (the measurement concepts with plausible units, the gender-specific
 conditions), so the concept-level checks have rows to count, and a few percent of rows carry the
 problems the checks look for (unmapped codes, wrong units, events before birth, dangling visits).

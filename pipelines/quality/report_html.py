@@ -65,7 +65,7 @@ def _grid(results: DqdResults) -> str:
         for category in (*CATEGORIES, "Total"):
             cell = cells.get((context, category), {"pass": 0, "fail": 0, "not_applicable": 0, "error": 0})
             judged = cell["pass"] + cell["fail"]
-            rate = f"{cell['pass'] / judged * 100:.0f}%" if judged else "&ndash;"
+            rate = f"{cell['pass'] / judged * 100:.1f}%" if judged else "&ndash;"
             tds.append(
                 f"<td class='num'><b>{rate}</b><br><span class='PASS'>{cell['pass']} pass</span> / "
                 f"<span class='FAIL'>{cell['fail']} fail</span><br><span class='NA'>{cell['not_applicable']} "
