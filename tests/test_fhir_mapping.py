@@ -246,9 +246,12 @@ def test_rows_pointing_at_a_sub_encounter_point_at_its_visit_and_visit_detail(
 
 
 def test_allergy_uses_the_value_as_concept_pattern(shared: Path, vocab: Vocabulary) -> None:
-    batch = map_fhir([shared / "samples/fhir/hl7_r4_examples/AllergyIntolerance-example.json"], vocab)
+    folder = shared / "samples/fhir/hl7_r4_examples"
+    drug = map_fhir([folder / "AllergyIntolerance-medication.json"], vocab).tables["observation"]
+    assert drug["observation_concept_id"].to_list() == [439224]  # category medication: Allergy to drug
+    batch = map_fhir([folder / "AllergyIntolerance-example.json"], vocab)
     row = batch.tables["observation"].row(0, named=True)
-    assert row["observation_concept_id"] == 439224  # Allergy to drug
+    assert row["observation_concept_id"] == 4188027  # category food: Allergy to food
     assert row["observation_source_value"] == row["value_source_value"] == "227493005"  # cashew nuts
     assert str(row["observation_date"]) == "2004-01-01"  # onsetDateTime "2004" -> first day of the year
 

@@ -460,10 +460,11 @@ class _Output:
             cols["_facet_visit"], cols["_facet_visit_detail"] = self.engine.split_visits(cols["_facet_visit"])
         facets = facets.with_columns([series.alias(name) for name, series in cols.items()])
         concept_spec = output.facets.get("concept")
-        if isinstance(concept_spec, dict) and "const" in concept_spec:
+        if isinstance(concept_spec, dict) and ("const" in concept_spec or "lookup" in concept_spec):
+            # value-as-concept pattern: a concept id given by the mapping (fixed, or looked up)
             concepts = self.rows.select(
                 "_row",
-                pl.lit(int(concept_spec["const"]), dtype=pl.Int32).alias("concept_id"),
+                self.raw(concept_spec).cast(pl.Int32).alias("concept_id"),
                 pl.lit(0, dtype=pl.Int32).alias("source_concept_id"),
                 # value-as-concept pattern: the fixed concept says what, the source value keeps the code
                 (

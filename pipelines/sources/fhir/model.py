@@ -365,6 +365,7 @@ class Reaction(_Element):
 
 
 class AllergyIntolerance(_Clinical, tag="AllergyIntolerance"):
+    category: list[str] | None = None
     clinicalStatus: CodeableConcept | None = None
     verificationStatus: CodeableConcept | None = None
     code: CodeableConcept | None = None
