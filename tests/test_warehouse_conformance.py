@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +34,9 @@ class Backend:
     name: str
     targets: list[Target]
     warehouse: Path  # the DuckDB system of record (id map, lineage, quarantine)
-    read_table: object  # (table name) -> pl.DataFrame
-    read_columns: object  # () -> {table name: column names in order}
-    read_primary_key: object  # (table name) -> declared primary-key columns
+    read_table: Callable[[str], pl.DataFrame]
+    read_columns: Callable[[], dict[str, list[str]]]  # {table name: column names in order}
+    read_primary_key: Callable[[str], list[str]]  # declared primary-key columns of a table
 
     def read(self, table: str) -> pl.DataFrame:
         frame = self.read_table(table)
