@@ -296,17 +296,20 @@ def _attach(
     # one extra all-null row at the end: rows without a match point there
     values = pl.concat([found.select(list(names)), found.select(list(names)).clear(1)]).rename(names)
     missing = found.height
-    slot = slots.to_numpy()
-    row_counts = per_slot[slot]
-    index = np.where(row_counts > 0, first_of_slot[slot], missing)
-    out = frame.with_columns(values.gather(index).get_columns())
-    extra = np.flatnonzero(row_counts > 1)
-    if len(extra) == 0:
+    # per slot: the position of its first found row (or of the null row), then one gather per row
+    per_slot_values = values.gather(np.where(per_slot > 0, first_of_slot, missing))
+    out = frame.with_columns(per_slot_values.gather(slots).get_columns())
+    several = np.flatnonzero(per_slot > 1)
+    if len(several) == 0:
         return out
-    repeats = row_counts[extra] - 1
-    rows = np.repeat(extra, repeats)
+    rows = slots.is_in(pl.Series(several, dtype=slots.dtype).implode()).arg_true().to_numpy()
+    slot = slots.to_numpy()[rows]
+    repeats = per_slot[slot] - 1
+    rows = np.repeat(rows, repeats)
     within = 1 + np.arange(len(rows)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-    more = frame.gather(rows).with_columns(values.gather(first_of_slot[slot[rows]] + within).get_columns())
+    more = frame.gather(rows).with_columns(
+        values.gather(np.repeat(first_of_slot[slot], repeats) + within).get_columns()
+    )
     return pl.concat([out, more])
 
 
