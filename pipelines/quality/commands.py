@@ -41,6 +41,13 @@ def dq(
 
             gx = run_expectations(con, out_dir / "gx", cdm_schema=cdm_schema)
             click.echo(f"expectations: {gx.passed} of {gx.total} suites passed, Data Docs in {gx.docs_index}")
+            for o in gx.outcomes:
+                if not o.success:
+                    where = f" where {o.condition}" if o.condition else ""
+                    click.echo(
+                        f"  failed {o.suite}: {o.expectation} on {o.column}{where}: "
+                        f"{o.unexpected_count} of {o.element_count}"
+                    )
     json_path = write_results_json(results, out_dir)
     from pipelines.quality.report_html import write_html_report
 
