@@ -173,3 +173,14 @@ def test_subject_that_is_not_a_patient(shared: Path, tmp_path: Path, vocab: Voca
         (str(path), 1, "Observation", "o1", "subject_not_a_patient"),
         (str(apgar), 0, "Observation", "1minute-apgar-score", "contained_subject"),
     ]
+
+
+def test_integer_out_of_fhir_range_is_quarantined(tmp_path: Path, vocab: Vocabulary) -> None:
+    path = tmp_path / "Observation.ndjson"
+    big = _observation(1, valueInteger=2**40)
+    del big["valueQuantity"]
+    path.write_text(json.dumps(big) + "\n" + json.dumps(_observation(2)) + "\n")
+    batch = map_fhir([path], vocab)
+    assert _quarantined(batch) == [(str(path), 1, "Observation", "o1", "invalid_element")]
+    assert str(2**40) not in batch.quarantine["reason"][0]
+    assert batch.tables["measurement"]["_record_id"].to_list() == ["o2"]

@@ -24,6 +24,8 @@ import yaml
 from pipelines.project_files import data_dir
 
 Str = str | None
+# FHIR integer is 32-bit signed: a larger number is a wrong value, quarantined, not an overflow later.
+Int = typing.Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 
 
 class _Element(msgspec.Struct, kw_only=True):
@@ -245,7 +247,7 @@ class Component(_Element):
     valueCodeableConcept: CodeableConcept | None = None
     valueString: Str = None
     valueBoolean: bool | None = None
-    valueInteger: int | None = None
+    valueInteger: Int | None = None
     valueDateTime: Str = None
     dataAbsentReason: CodeableConcept | None = None
     referenceRange: list[ReferenceRange] | None = None
@@ -266,7 +268,7 @@ class Observation(_Clinical, tag="Observation"):
     valueCodeableConcept: CodeableConcept | None = None
     valueString: Str = None
     valueBoolean: bool | None = None
-    valueInteger: int | None = None
+    valueInteger: Int | None = None
     valueDateTime: Str = None
     dataAbsentReason: CodeableConcept | None = None
     referenceRange: list[ReferenceRange] | None = None
@@ -275,7 +277,7 @@ class Observation(_Clinical, tag="Observation"):
 
 class DispenseRequest(_Element):
     validityPeriod: Period | None = None
-    numberOfRepeatsAllowed: int | None = None
+    numberOfRepeatsAllowed: Int | None = None
     quantity: Quantity | None = None
     expectedSupplyDuration: Quantity | None = None
 
@@ -541,6 +543,8 @@ def polars_schema(struct: type[msgspec.Struct]) -> dict[str, pl.DataType]:
 
 
 def _polars_type(hint: typing.Any) -> pl.DataType:
+    if typing.get_origin(hint) is typing.Annotated:
+        return _polars_type(typing.get_args(hint)[0])
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         return _polars_type(inner)
