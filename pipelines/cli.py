@@ -22,6 +22,7 @@ _ROOM_COMMANDS = {
     "run": "pipelines.job.commands:run",
     "demo": "pipelines.job.commands:demo",
     "derive": "pipelines.derive.commands:derive",
+    "export": "pipelines.warehouse.commands:export",
     "dq": "pipelines.quality.commands:dq",
     "generate": "pipelines.synthetic.commands:generate",
 }
