@@ -23,8 +23,8 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RELATIVE = re.compile(r"^(today|current_year)\+(\d+)$")
 # Checks per query. A check with a subquery (a lookup in another table) is a join for the planner,
 # and planning cost grows faster than linearly with the joins of one query (measured on DuckDB 2.0,
-# default suite: 30 lookup checks per query took 2.6x as long as 5 per query, on a tiny CDM and on
-# a 2 M-row one alike); plain predicates batch widely.
+# default suite: 30 lookup checks per query took 2.6x as long as 5 per query on a tiny CDM, 1.3x on
+# a 2 M-row one); plain predicates batch widely.
 PLAIN_CHECKS_PER_QUERY = 150
 LOOKUP_CHECKS_PER_QUERY = 5
 
