@@ -37,7 +37,7 @@ def test_fhir_dates(text, day, instant, precision, impossible) -> None:
 
 
 def test_times_without_offset_are_read_in_the_configured_zone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PASSERELLE_LOCAL_TIMEZONE", "Europe/Paris")
+    monkeypatch.setenv("PASSERELLE_TIME_ZONE", "Europe/Paris")
     rows = parse(pl.Series(["2021-07-01T12:00:00", "2021-03-28T02:30:00", "2021-07-01T12:00:00Z"]))
     assert rows["datetime"].to_list() == [datetime(2021, 7, 1, 10), None, datetime(2021, 7, 1, 12)]
     # 02:30 on 28 March 2021 does not exist in Paris (clocks jump from 02:00 to 03:00)

@@ -3,7 +3,8 @@
 PASSERELLE_LANDING (new batches arrive here, one sub-folder per batch), PASSERELLE_STAGING (mapped
 batches wait here for the load), PASSERELLE_WAREHOUSE (the DuckDB file), PASSERELLE_VOCAB (an Athena
 vocabulary folder; unset = the bundled starter vocabulary), PASSERELLE_PARQUET and PASSERELLE_POSTGRES
-(optional exports), PASSERELLE_QUALITY (DQ results), PASSERELLE_TZ (zone of times without an offset).
+(optional exports), PASSERELLE_QUALITY (DQ results). Times without an offset are read in the zone of
+PASSERELLE_TIME_ZONE (default UTC), by the readers themselves, the same with or without Dagster.
 The environment is read when a step runs, not when the code location loads.
 """
 
@@ -20,7 +21,6 @@ _DEFAULTS = {
     "parquet": ("PASSERELLE_PARQUET", ""),
     "postgres": ("PASSERELLE_POSTGRES", ""),
     "quality": ("PASSERELLE_QUALITY", "data/quality"),
-    "time_zone": ("PASSERELLE_TZ", "Europe/Paris"),
 }
 
 
@@ -34,7 +34,6 @@ class PasserelleSettings(dg.ConfigurableResource):
     parquet: str | None = None
     postgres: str | None = None
     quality: str | None = None
-    time_zone: str | None = None
 
     def get(self, name: str) -> str:
         value = getattr(self, name)

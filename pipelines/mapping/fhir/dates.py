@@ -3,7 +3,7 @@
 Rules (docs/fhir.md): a partial date takes the first day of its period (``2019`` -> 2019-01-01,
 ``2019-03`` -> 2019-03-01) and keeps its precision for the columns that can say it (year/month/day of
 birth); a time with an offset is converted to UTC; a time without an offset (FHIR allows none, some
-exports write them) is read in the configured zone (``PASSERELLE_LOCAL_TIMEZONE``, default UTC). A
+exports write them) is read in the configured zone (``PASSERELLE_TIME_ZONE``, default UTC). A
 string that is not a real date (``2019-02-30``, ``2019-13-01``, ``25:00``) is *impossible*: the
 record is quarantined, never loaded with a guessed date.
 """
@@ -22,9 +22,9 @@ _SHAPE = (
 
 
 def local_zone() -> str:
-    """The zone of times written without an offset: ``PASSERELLE_LOCAL_TIMEZONE`` (an IANA name such as
+    """The zone of times written without an offset: ``PASSERELLE_TIME_ZONE`` (an IANA name such as
     ``Europe/Paris``), UTC when unset."""
-    return os.environ.get("PASSERELLE_LOCAL_TIMEZONE") or "UTC"
+    return os.environ.get("PASSERELLE_TIME_ZONE") or "UTC"
 
 
 def parse(text: pl.Series, *, time_zone: str | None = None) -> pl.DataFrame:
