@@ -39,18 +39,9 @@ def _ids(warehouse: Path) -> dict[str, list]:
 @pytest.mark.slow
 def test_run_loads_every_source_and_reports(sources, tmp_path):
     warehouse, parquet, dq = tmp_path / "omop.duckdb", tmp_path / "parquet", tmp_path / "dq"
+    both = ("--fhir", str(sources / "fhir"), "--openehr", str(sources / "openehr"))
     result = _run(
-        "run",
-        "--fhir",
-        str(sources / "fhir"),
-        "--openehr",
-        str(sources / "openehr"),
-        "--warehouse",
-        str(warehouse),
-        "--parquet",
-        str(parquet),
-        "--quality-out",
-        str(dq),
+        "run", *both, "--warehouse", str(warehouse), "--parquet", str(parquet), "--quality-out", str(dq)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((sources / "manifest.json").read_text())
@@ -71,15 +62,7 @@ def test_run_loads_every_source_and_reports(sources, tmp_path):
     assert (dq / "dq_report.html").exists()
 
     before = _ids(warehouse)
-    again = _run(
-        "run",
-        "--fhir",
-        str(sources / "fhir"),
-        "--openehr",
-        str(sources / "openehr"),
-        "--warehouse",
-        str(warehouse),
-    )
+    again = _run("run", *both, "--warehouse", str(warehouse))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _ids(warehouse) == before  # idempotent: same tables, same ids
 

@@ -1,6 +1,7 @@
 """Staging: each landing batch read and mapped to OMOP rows, one asset per source standard."""
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -9,12 +10,25 @@ from pipelines.defs.metadata import batch_metadata
 from pipelines.defs.partitions import landing_batches
 from pipelines.defs.settings import PasserelleSettings
 from pipelines.mapping.batch import MappedBatch, write_batch
-from pipelines.mapping.concepts import batch_coverage
 
 
-def _sources(settings: PasserelleSettings, batch: str, kind: str) -> list[Path]:
-    folder = settings.batch_folder(batch) / kind
-    return [folder] if folder.exists() else []
+def _stage(
+    context: dg.AssetExecutionContext,
+    settings: PasserelleSettings,
+    source: str,
+    mapper: Callable[[list[Path], object], MappedBatch],
+) -> dg.MaterializeResult:
+    """Map the batch's ``source`` folder (fhir/ or openehr/) and stage the result for the load."""
+    from pipelines.mapping.concepts import batch_coverage
+    from pipelines.vocab import load_vocabulary
+
+    started = time.perf_counter()
+    folder = settings.batch_folder(context.partition_key) / source
+    vocab = load_vocabulary(settings.vocab_folder)
+    batch = mapper([folder], vocab) if folder.exists() else MappedBatch()
+    write_batch(batch, settings.staged(context.partition_key, source))
+    seconds = time.perf_counter() - started
+    return dg.MaterializeResult(metadata=batch_metadata(batch, batch_coverage(batch.tables, vocab), seconds))
 
 
 @dg.asset(
@@ -24,15 +38,8 @@ def fhir_staging(context: dg.AssetExecutionContext, settings: PasserelleSettings
     """FHIR R4 resources of one landing batch (Bundles, Bulk NDJSON), mapped to OMOP rows with their
     standard concepts, ready to load. Records that could not be mapped are kept in quarantine."""
     from pipelines.sources.fhir import map_fhir
-    from pipelines.vocab import load_vocabulary
 
-    started = time.perf_counter()
-    sources = _sources(settings, context.partition_key, "fhir")
-    vocab = load_vocabulary(settings.vocab_folder)
-    batch = map_fhir(sources, vocab) if sources else MappedBatch()
-    write_batch(batch, settings.staged(context.partition_key, "fhir"))
-    seconds = time.perf_counter() - started
-    return dg.MaterializeResult(metadata=batch_metadata(batch, batch_coverage(batch.tables, vocab), seconds))
+    return _stage(context, settings, "fhir", map_fhir)
 
 
 @dg.asset(
@@ -42,12 +49,5 @@ def openehr_staging(context: dg.AssetExecutionContext, settings: PasserelleSetti
     """openEHR compositions of one landing batch (AQL result pages or a folder per EHR), mapped through
     the OMOCL files to OMOP rows, ready to load. Unmappable compositions are kept in quarantine."""
     from pipelines.sources.openehr import map_openehr
-    from pipelines.vocab import load_vocabulary
 
-    started = time.perf_counter()
-    sources = _sources(settings, context.partition_key, "openehr")
-    vocab = load_vocabulary(settings.vocab_folder)
-    batch = map_openehr(sources, vocab) if sources else MappedBatch()
-    write_batch(batch, settings.staged(context.partition_key, "openehr"))
-    seconds = time.perf_counter() - started
-    return dg.MaterializeResult(metadata=batch_metadata(batch, batch_coverage(batch.tables, vocab), seconds))
+    return _stage(context, settings, "openehr", map_openehr)
