@@ -217,3 +217,12 @@ def test_vocabulary_in_its_own_schema(tmp_path: Path) -> None:
     assert (standard.num_violated_rows, standard.num_denominator_rows) == (1, 4)
     assert by_id["field_isforeignkey_condition_occurrence_condition_concept_id"].status == "PASS"
     assert not [r for r in results.results if r.is_error]
+
+
+def test_dq_needs_exactly_one_database(cdm: Path, tmp_path: Path) -> None:
+    neither = CliRunner().invoke(main, ["dq", "--out", str(tmp_path)])
+    both = CliRunner().invoke(
+        main, ["dq", "--warehouse", str(cdm), "--postgres", "postgresql://x", "--out", "o"]
+    )
+    for outcome in (neither, both):
+        assert outcome.exit_code == 2 and "either --warehouse FILE or --postgres URL" in outcome.output

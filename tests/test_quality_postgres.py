@@ -61,3 +61,26 @@ def test_postgres_gives_the_duckdb_numbers(postgres_url: str, tmp_path: Path) ->
     unit = by_id["concept_plausibleunitconceptids_measurement_measurement_concept_id_3004410"]
     assert (unit.num_violated_rows, unit.num_denominator_rows, unit.status) == (1, 2, "FAIL")
     assert "/*violatedRowsBegin*/" in unit.query_text
+
+
+def test_dq_command_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    import adbc_driver_postgresql.dbapi as pg
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    with pg.connect(postgres_url) as con, con.cursor() as cursor:
+        cursor.execute("DROP SCHEMA IF EXISTS dq_cli CASCADE")
+        cursor.execute("CREATE SCHEMA dq_cli")
+        for sql in statements(cdm_schema(), "postgresql", db_schema="dq_cli", parts=("tables",)):
+            cursor.execute(sql)
+        for sql in insert_statements("dq_cli"):
+            cursor.execute(sql)
+        con.commit()
+    arguments = ["dq", "--postgres", postgres_url, "--schema", "dq_cli", "--out", str(tmp_path),
+                 "--check", "cdmTable", "--check", "cdmField", "--check", "measureValueCompleteness",
+                 "--check", "plausibleUnitConceptIds"]  # fmt: skip
+    outcome = CliRunner().invoke(main, arguments)
+    assert outcome.exit_code == 0, outcome.output
+    assert "1 failed, 0 errors" in outcome.output  # the HbA1c in kilograms
+    assert list(tmp_path.glob("qtest-*.json"))
