@@ -6,6 +6,7 @@ returns ``DqdResults``: per-check numbers and statuses, ``by_table()`` for per-a
 """
 
 from pipelines.quality.catalogue import Catalogue, Check, CheckType, load_catalogue
+from pipelines.quality.expectations import ExpectationReport, run_expectations
 from pipelines.quality.report_html import write_html_report
 from pipelines.quality.results import CheckResult, DqdResults
 from pipelines.quality.results_json import write_results_json
@@ -17,8 +18,10 @@ __all__ = [
     "CheckResult",
     "CheckType",
     "DqdResults",
+    "ExpectationReport",
     "load_catalogue",
     "run_dqd",
+    "run_expectations",
     "write_html_report",
     "write_results_json",
 ]
