@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -34,15 +35,20 @@ def cache_root() -> Path:
 
 def content_key(folder: Path) -> str:
     """sha256 over the format version and, per vocabulary table, its name and file bytes."""
+    files = find_files(folder)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # hashlib releases the GIL
+        digests = list(pool.map(_file_digest, [f.path for f in files]))
     digest = hashlib.sha256(f"passerelle-vocab-cache {FORMAT_VERSION}\n".encode())
-    for table_file in find_files(folder):
-        digest.update(f"{table_file.table}\n".encode())
-        if table_file.path is None:
-            digest.update(b"missing\n")
-            continue
-        with table_file.path.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    for table_file, file_digest in zip(files, digests, strict=True):
+        digest.update(f"{table_file.table}\n".encode() + file_digest)
     return digest.hexdigest()
+
+
+def _file_digest(path: Path | None) -> bytes:
+    if path is None:
+        return b"missing\n"
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").digest()
 
 
 def ensure_cache(folder: Path) -> tuple[Path, bool]:
