@@ -1,10 +1,11 @@
 """Concept resolution: source codes of any system → standard OMOP concepts, in one vectorized step.
 
 FHIR and openEHR both come through here. The distinct (code system, code) pairs of a frame are
-resolved once against the vocabulary's lookup (see pipelines/vocab/resolution.py), then joined back:
-a frame of ten million rows with fifty thousand distinct codes costs one hash join, not ten million
-lookups. One-to-many "Maps to" fans rows out; nothing is ever dropped — an unknown code system or an
-unmapped code gives concept_id 0 with the source value kept.
+resolved once against the vocabulary's lookup (see pipelines/vocab/resolution.py), then put back on
+the rows by position: a frame of ten million rows with fifty thousand distinct codes costs a hash of
+each row and one integer join, not ten million lookups (docs/vocabulary.md, "How it is fast").
+One-to-many "Maps to" fans rows out; nothing is ever dropped — an unknown code system or an unmapped
+code gives concept_id 0 with the source value kept.
 
 The coverage helpers count what did not map, per vocabulary and target table, and write the list a
 mapping team takes into Usagi.
