@@ -135,3 +135,20 @@ def test_vocabulary_tables_are_excluded_by_default_but_can_be_included(table: st
     catalogue = load_catalogue("5.4")
     assert not [c for c in catalogue.select() if c.table == table]
     assert [c for c in catalogue.select(excluded_tables=[]) if c.table == table]
+
+
+def test_a_broken_catalogue_row_is_named(tmp_path: Path) -> None:
+    import shutil
+
+    from pipelines.errors import PasserelleError
+    from pipelines.project_files import data_dir
+
+    folder = tmp_path / "dqd"
+    shutil.copytree(data_dir("quality") / "dqd", folder)
+    fields = folder / "cdm_v5.4" / "field_checks.csv"
+    lines = fields.read_text().splitlines()
+    lines[5] = "plausibleValueHigh,person,year_of_birth,1,value=next year;datatype=integer"
+    fields.write_text("\n".join(lines) + "\n")
+    where = r"field_checks\.csv, line 6 \(plausibleValueHigh person\): value 'next year'"
+    with pytest.raises(PasserelleError, match=where):
+        load_catalogue("5.4", folder)

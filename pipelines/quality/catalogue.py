@@ -8,6 +8,7 @@ check with which threshold. A ``Check`` is one resolved check, the unit DQD repo
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -112,6 +113,9 @@ def load_catalogue(cdm_version: str = "5.4", folder: Path | None = None) -> Cata
             if row["check"] not in types:
                 raise PasserelleError(f"{path}, line {number}: unknown check type {row['check']!r}")
             parameters = _parameters(row.get("parameters"))
+            problem = _problem(row, parameters)
+            if problem:
+                raise PasserelleError(f"{path}, line {number} ({row['check']} {row['table']}): {problem}")
             if row["check"] == "cdmTable":
                 schemas[row["table"]] = parameters.get("schema", "cdm")
             checks.append(
@@ -160,6 +164,21 @@ def _check_type(name: str, body: dict) -> CheckType:
         sql={k: body[k] for k in sql_keys if k in body},
         deprecated=bool(body.get("deprecated", False)),
     )
+
+
+_BOUND = re.compile(r"^(\d{4}-\d{2}-\d{2}|(today|current_year)\+\d+|-?\d+(\.\d+)?)$")
+
+
+def _problem(row: dict, parameters: dict[str, str]) -> str | None:
+    """What is wrong with a catalogue row, if anything (checked at load, not when the SQL runs)."""
+    threshold = row.get("threshold")
+    if threshold and not re.fullmatch(r"\d+(\.\d+)?", threshold):
+        return f"threshold {threshold!r} is not a percent between 0 and 100"
+    if threshold and float(threshold) > 100:
+        return f"threshold {threshold} is more than 100 percent"
+    if "value" in parameters and not _BOUND.match(parameters["value"]):
+        return f"value {parameters['value']!r} is none of: a number, YYYY-MM-DD, today+N, current_year+N"
+    return None
 
 
 def _parameters(text: str | None) -> dict[str, str]:
