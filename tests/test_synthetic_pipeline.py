@@ -88,7 +88,14 @@ def test_openehr_compositions_map_and_only_the_planted_one_is_quarantined(
         )
     )
     blood_pressures = aql["entries"]["openEHR-EHR-OBSERVATION.blood_pressure.v2"]
-    assert batch.tables["measurement"].height == vitals + 2 * blood_pressures  # systolic and diastolic rows
+    # the community pulse file names concept 4224504 (SNOMED 8499008 "Pulse"), of the Observation domain:
+    # domain routing writes those rows to observation (the project's file uses LOINC 8867-4, a Measurement)
+    pulses_observed = aql["entries"]["openEHR-EHR-OBSERVATION.pulse.v2"] if mappings == "community" else 0
+    observation = batch.tables.get("observation")
+    observed = 0 if observation is None else (observation["observation_concept_id"] == 4224504).sum()
+    assert observed == pulses_observed
+    # systolic and diastolic rows
+    assert batch.tables["measurement"].height == vitals - pulses_observed + 2 * blood_pressures
     assert set(batch.tables["person"]["gender_concept_id"]) <= {8507, 8532}
 
 

@@ -61,7 +61,7 @@ def test_release_goes_to_an_existing_cdm_source_row(warehouse_path):
             "SELECT count(*) FROM main.concept_ancestor WHERE ancestor_concept_id = 1112807"
         ).fetchone()[0]
     assert version.startswith("starter v1")
-    assert counts["concept"] == 355 and counts["concept_ancestor"] == 357
+    assert counts["concept"] == 468 and counts["concept_ancestor"] == 469
     assert ancestors == 2  # aspirin itself and aspirin 81 MG Oral Tablet
 
 
