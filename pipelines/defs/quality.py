@@ -11,7 +11,7 @@ from pipelines.defs.settings import PasserelleSettings
 from pipelines.job.pipeline import status_counts
 
 _CHECKED_TABLES = [*CLINICAL_TABLES, *DERIVED_TABLES]
-_TABLE_SUMMARY = "table_status_counts.json"  # written by dqd_results for the per-table checks
+_TABLE_SUMMARY = "dqd_by_table.json"  # written by dqd_results, read by the per-table checks
 
 
 @dg.asset(
@@ -39,7 +39,7 @@ def dqd_results(settings: PasserelleSettings):
         results = run_dqd(con, out_dir=out)
     statuses = status_counts(results.results)
     fatal = results.fatal_failures()
-    per_table = {table: status_counts(rows) for table, rows in results.by_table().items()}
+    per_table = {table: results.table_metadata(table) for table in _CHECKED_TABLES}
     (out / _TABLE_SUMMARY).write_text(json.dumps(per_table, indent=1, sort_keys=True))
     yield dg.MaterializeResult(
         metadata={
@@ -71,15 +71,15 @@ def dqd_results(settings: PasserelleSettings):
 def dqd_table_checks(context: dg.AssetCheckExecutionContext, settings: PasserelleSettings):
     """One check per table, from the DQD results: passes when none of its checks failed."""
     per_table = json.loads((settings.quality_folder / _TABLE_SUMMARY).read_text())
-    by_table = {table: per_table.get(table, {}) for table in _CHECKED_TABLES}
     selected = {key.asset_key.path[-1] for key in context.selected_asset_check_keys}
-    for table, counts in by_table.items():
+    for table in _CHECKED_TABLES:
         if table not in selected:
             continue
+        numbers = per_table.get(table, {})  # checks by status, then each failed check's numbers
         yield dg.AssetCheckResult(
             asset_key=table,
             check_name="dqd",
-            passed=counts.get("FAIL", 0) == 0 and counts.get("ERROR", 0) == 0,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={status: dg.MetadataValue.int(n) for status, n in sorted(counts.items())},
+            passed=numbers.get("FAIL", 0) == 0 and numbers.get("ERROR", 0) == 0,
+            severity=dg.AssetCheckSeverity.ERROR if numbers.get("fatal") else dg.AssetCheckSeverity.WARN,
+            metadata=numbers,
         )
