@@ -81,11 +81,18 @@ def _main_concept(frame: pl.DataFrame, vocab: Vocabulary) -> pl.DataFrame:
     domains = vocab.concept.select(
         pl.col("concept_id").cast(pl.Int64).alias("concept_const"), pl.col("domain_id").alias("domain")
     ).collect()
+    # A constant concept is what the mapping file says this archetype node denotes: it is also the
+    # source concept, and the node (archetype and at-code) is the source value when no code was coded.
+    node = pl.concat_str(
+        pl.col("archetype").str.replace(r"^openEHR-EHR-[A-Z_]+\.", ""),
+        pl.lit("/"),
+        pl.col("focus_path").str.extract(r"(at\d+(?:\.\d+)*)[^a-z]*$"),
+    )
     constant = constant.join(domains, on="concept_const", how="left").with_columns(
         pl.col("concept_const").alias("concept_id"),
-        pl.lit(0, pl.Int64).alias("source_concept_id"),
+        pl.col("concept_const").alias("source_concept_id"),
         pl.lit(None, pl.Int64).alias("c_value_as_concept_id"),
-        pl.coalesce("concept_code", "concept_text").alias("source_value"),
+        pl.coalesce("concept_code", "concept_text", node).alias("source_value"),
     )
     coded = resolve_concepts(
         coded, vocab, system="concept_system", code="concept_code", prefix="c_"
