@@ -164,8 +164,12 @@ class _Engine:
             if output.when is not None:
                 rows = rows.filter(_condition(output.when).fill_null(False))
             if output.each is not None:
+                # Only the rows with items are exploded: exploding every row of the wide nested frame
+                # (most Observations have no component) took several GB at 10 k patients, the run's
+                # peak of memory (docs/performance.md).
                 rows = (
                     rows.with_columns(compile_path(output.each).alias("item"))
+                    .filter(pl.col("item").list.len() > 0)
                     .with_columns(pl.int_ranges(pl.col("item").list.len()).alias("_item_index"))
                     .explode(["item", "_item_index"])
                     .filter(pl.col("item").is_not_null())
