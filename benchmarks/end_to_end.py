@@ -1,7 +1,7 @@
 """Benchmark: the whole pipeline on N synthetic patients, against the JSON-parse floor and pyomop.
 
     .venv/bin/python benchmarks/end_to_end.py --patients 1000 [--keep DIR] [--skip-pyomop] [--seed 42]
-        [--peer-patients 10] [--sequential]
+        [--peer-patients 25] [--sequential]
 
 1. Generate N patients (FHIR Bundles, a Bulk NDJSON export, openEHR AQL pages); not timed. With
    ``--keep DIR`` the sources stay in DIR and are reused by the next run with the same N and seed.
@@ -11,8 +11,9 @@
 3. The floor: ``orjson.loads`` of every JSON file and NDJSON line of the same sources, nothing else.
 4. The peer: pyomop 6.4.0's FHIR Bulk NDJSON -> OMOP loader, installed in its own virtual environment
    under benchmarks/.cache/ (never the project's), on the same Bulk folder and the same Athena-format
-   vocabulary folder (vocab/starter); beside it, our FHIR read + map + load of that same folder. pyomop
-   loads about 20 resources a second, so both get the first ``--peer-patients`` Bulk patients only.
+   vocabulary folder (vocab/starter); beside it, our vocabulary + FHIR read + map + load of that same
+   folder into a fresh DuckDB. pyomop loads about 100 resources a second, so both get the first
+   ``--peer-patients`` Bulk patients only.
 
 Prints a table per stage (wall seconds, CPU seconds of every thread and child, resources/s, patients/s,
 peak resident memory) and, as the last line, one JSON object with the headline figures.
@@ -57,8 +58,8 @@ def main() -> None:
     parser.add_argument(
         "--peer-patients",
         type=int,
-        default=10,
-        help="Bulk patients given to pyomop and to us for the comparison (pyomop does ~20 resources/s)",
+        default=25,
+        help="Bulk patients given to pyomop and to us for the comparison (pyomop loads ~100 resources/s)",
     )
     args = parser.parse_args()
 
@@ -353,9 +354,11 @@ def _summary(
         setup, load = peers["pyomop: create CDM + vocabulary"], peers["pyomop: Bulk NDJSON -> sqlite"]
         summary["pyomop_load_wall_s"] = round(load.wall_s, 2)
         summary["pyomop_setup_wall_s"] = round(setup.wall_s, 2)
-        # pyomop's load alone (its CDM and vocabulary already created) against our whole read+map+load
-        summary["speedup_vs_pyomop"] = round(load.wall_s / ours.wall_s, 1)
-        summary["speedup_vs_pyomop_cpu"] = round(load.cpu_s / ours.cpu_s, 1)
+        # the same task on both sides: an empty CDM with its vocabulary, then the NDJSON folder loaded
+        summary["speedup_vs_pyomop"] = round((setup.wall_s + load.wall_s) / ours.wall_s, 1)
+        summary["speedup_vs_pyomop_cpu"] = round((setup.cpu_s + load.cpu_s) / ours.cpu_s, 1)
+        # pyomop's load alone (its CDM and vocabulary made beforehand) against the whole of ours
+        summary["speedup_vs_pyomop_load_only"] = round(load.wall_s / ours.wall_s, 1)
     return summary
 
 
@@ -402,7 +405,7 @@ def print_table(result: dict) -> None:
     print(
         f"fraction of the parse floor: end to end {summary['fraction_of_parse_floor']:.1%},"
         f" read+map {summary['fraction_of_parse_floor_read_map']:.1%};"
-        f" speed-up over pyomop: {summary['speedup_vs_pyomop']}x"
+        f" speed-up over pyomop: {summary['speedup_vs_pyomop'] or 'not measured'}x"
     )
 
 
