@@ -9,6 +9,7 @@ case identifiers or, failing those, from each composition's context (docs/openeh
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import polars as pl
 import yaml
 
 from pipelines.cdm.spec import cdm_schema
+from pipelines.errors import PasserelleError
 from pipelines.mapping.batch import QUARANTINE_SCHEMA, MappedBatch
 from pipelines.mapping.omocl.engine import apply_catalogue
 from pipelines.mapping.omocl.grammar import load_catalogue
@@ -51,7 +53,65 @@ def map_openehr(
     (default: the project's own, mappings/openehr). ``time_zone`` is the zone of times written
     without an offset (default $PASSERELLE_TIME_ZONE, else UTC)."""
     catalogue = load_catalogue(list(mapping_dirs) if mapping_dirs else [default_mapping_dir()])
+    return _map_export(read_openehr(paths, time_zone=time_zone), catalogue, vocab)
+
+
+def iter_openehr_batches(
+    paths: list[Path],
+    vocab: Vocabulary,
+    *,
+    mapping_dirs: list[Path] | None = None,
+    time_zone: str | None = None,
+    max_compositions: int = 50_000,
+) -> Iterator[MappedBatch]:
+    """Map openEHR exports in batches of about max_compositions compositions so memory stays flat.
+    Each batch carries its own accounting; summed over the batches it equals map_openehr's.
+    Rows may reference persons/visits of another batch: the loader resolves them through the id map
+    at the end of the run.
+
+    A batch holds whole EHRs: a person is built from several compositions of its EHR and a case
+    visit spans compositions, so an EHR split across batches would give other persons and visits."""
+    if max_compositions < 1:
+        raise PasserelleError(f"max_compositions must be at least 1, not {max_compositions}")
+    catalogue = load_catalogue(list(mapping_dirs) if mapping_dirs else [default_mapping_dir()])
     export = read_openehr(paths, time_zone=time_zone)
+    for part in _split_by_ehr(export, max_compositions):
+        yield _map_export(part, catalogue, vocab)
+
+
+def _split_by_ehr(export: OpenEhrExport, max_compositions: int) -> Iterator[OpenEhrExport]:
+    """The export in parts of whole EHRs, about ``max_compositions`` compositions each. The first part
+    also carries what belongs to no EHR: the reader's quarantine, files, statuses, superseded versions."""
+    per_ehr = export.ehrs.join(
+        export.compositions.group_by("ehr_id").len(), on="ehr_id", how="left", maintain_order="left"
+    ).with_columns(pl.col("len").fill_null(0))
+    groups: list[list[str]] = [[]]
+    size = 0
+    for ehr_id, count in per_ehr.select("ehr_id", "len").iter_rows():
+        if groups[-1] and size + count > max_compositions:
+            groups.append([])
+            size = 0
+        groups[-1].append(ehr_id)
+        size += count
+    for number, group in enumerate(groups):
+        ehr_ids = pl.Series(group, dtype=pl.Utf8).implode()
+        compositions = export.compositions.filter(pl.col("ehr_id").is_in(ehr_ids))
+        inputs = {COMPOSITION: compositions.height}
+        if number == 0:
+            others = export.inputs.get(COMPOSITION, 0) - export.compositions.height
+            inputs = {**export.inputs, COMPOSITION: compositions.height + others}
+        yield OpenEhrExport(
+            elements=export.elements.filter(pl.col("ehr_id").is_in(ehr_ids)),
+            compositions=compositions,
+            ehrs=export.ehrs.filter(pl.col("ehr_id").is_in(ehr_ids)),
+            quarantine=export.quarantine if number == 0 else export.quarantine.clear(),
+            inputs={k: v for k, v in inputs.items() if v or k in export.inputs},
+            superseded=export.superseded if number == 0 else 0,
+        )
+
+
+def _map_export(export: OpenEhrExport, catalogue: dict, vocab: Vocabulary) -> MappedBatch:
+    """The MappedBatch of what the reader found (one whole export, or whole EHRs of one)."""
     result = apply_catalogue(export.elements, catalogue)
     settings = engine_settings()
     candidates = result.candidates.join(
