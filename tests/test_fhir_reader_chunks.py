@@ -1,15 +1,19 @@
-"""The FHIR reader builds frames chunk by chunk (bounded memory): the chunks add up to one read."""
+"""The FHIR reader builds frames chunk by chunk and batch by batch (bounded memory): the chunks and
+the batches add up to one read."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from pipelines.sources.fhir import reader
+from pipelines.mapping.batch import MappedBatch
+from pipelines.sources.fhir import iter_fhir_batches, map_fhir, reader
 from pipelines.synthetic import generate
+from pipelines.vocab import Vocabulary, load_vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +52,100 @@ def test_a_chunk_keeps_nested_elements_and_nulls(sources, monkeypatch):
     assert observations["_position"].min() == 1 and observations["_record_type"].unique().to_list() == [
         "Observation"
     ]
+
+
+# --- batches: the same rows and books as one read, in bounded pieces ------------------------------
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Vocabulary:
+    return load_vocabulary()
+
+
+def _rows_by_key(batches: list[MappedBatch]) -> dict[str, pl.DataFrame]:
+    tables: dict[str, list[pl.DataFrame]] = {}
+    for batch in batches:
+        for name, frame in batch.tables.items():
+            tables.setdefault(name, []).append(frame)
+    return {name: pl.concat(frames, how="diagonal_relaxed").sort("_key") for name, frames in tables.items()}
+
+
+def _summed(batches: list[MappedBatch], books: str) -> Counter:
+    total: Counter = Counter()
+    for batch in batches:
+        total.update(getattr(batch, books))
+    return total
+
+
+def test_batches_add_up_to_one_map(sources, shared, vocab, monkeypatch):
+    monkeypatch.setattr(reader, "_CHECK_EVERY", 10)  # let a batch end inside the NDJSON files too
+    paths = [sources / "fhir", shared / "samples/fhir/synthea_r4_bundles"]
+    whole = map_fhir(paths, vocab)
+    batches = list(iter_fhir_batches(paths, vocab, max_resources=60))
+
+    assert len(batches) >= 6
+    observation_files = [
+        set(
+            b.tables["measurement"].filter(pl.col("_source_file").str.ends_with("Observation.ndjson"))[
+                "_position"
+            ]
+        )
+        for b in batches
+        if "measurement" in b.tables
+    ]
+    assert sum(1 for positions in observation_files if positions) >= 2, "Observation.ndjson spans batches"
+    assert max(len(b.tables.get("measurement", [])) for b in batches) < whole.tables["measurement"].height
+    expected = {name: frame.sort("_key") for name, frame in whole.tables.items()}
+    got = _rows_by_key(batches)
+    assert got.keys() == expected.keys()
+    for name, frame in expected.items():
+        assert got[name].select(frame.columns).equals(frame), name
+    for books in ("inputs", "mapped", "filtered"):
+        assert _summed(batches, books) == Counter(getattr(whole, books)), books
+    quarantine = pl.concat([b.quarantine for b in batches])
+    assert sorted(quarantine.rows()) == sorted(whole.quarantine.rows())
+    assert quarantine["reason_code"].to_list().count("malformed_json") == 1
+    deletions = pl.concat([b.deletions for b in batches])
+    assert sorted(deletions.rows()) == sorted(whole.deletions.rows()) and deletions.height > 0
+
+
+def test_one_batch_when_the_budget_is_large(sources, vocab):
+    (batch,) = iter_fhir_batches([sources / "fhir"], vocab, max_resources=10**9)
+    whole = map_fhir([sources / "fhir"], vocab)
+    assert batch.inputs == whole.inputs and batch.tables.keys() == whole.tables.keys()
+    assert batch.tables["measurement"].equals(whole.tables["measurement"])
+
+
+def test_conditional_reference_to_a_patient_of_an_earlier_batch_resolves(tmp_path, vocab, monkeypatch):
+    monkeypatch.setattr(reader, "_CHECK_EVERY", 1)
+    patients = [
+        {
+            "resourceType": "Patient",
+            "id": f"p{i}",
+            "gender": "female",
+            "birthDate": "1970-01-01",
+            "identifier": [{"system": "urn:mrn", "value": f"M{i}"}],
+        }
+        for i in range(6)
+    ]
+    observations = [
+        {
+            "resourceType": "Observation",
+            "id": f"o{i}",
+            "status": "final",
+            "subject": {"reference": f"Patient?identifier=urn:mrn|M{i}"},
+            "effectiveDateTime": "2022-03-04T10:11:12+01:00",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org"},
+        }
+        for i in range(6)
+    ]
+    (tmp_path / "1-Patient.ndjson").write_text("\n".join(map(json.dumps, patients)) + "\n")
+    (tmp_path / "2-Observation.ndjson").write_text("\n".join(map(json.dumps, observations)) + "\n")
+
+    batches = list(iter_fhir_batches([tmp_path], vocab, max_resources=4))
+
+    measured = [b for b in batches if "measurement" in b.tables]
+    assert len(batches) == 3 and "person" not in measured[-1].tables  # Patients all in earlier batches
+    refs = pl.concat([b.tables["measurement"] for b in measured]).sort("_record_id")["_ref__person_id"]
+    assert refs.to_list() == [f"fhir|Patient/p{i}" for i in range(6)]

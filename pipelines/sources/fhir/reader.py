@@ -45,6 +45,8 @@ _encoder = msgspec.json.Encoder()
 # several times the memory as Python objects that it takes in Arrow, so chunking keeps the reader's
 # memory growing with the frames, not with the Structs (measured in docs/performance.md).
 _CHUNK = 20_000
+# How often (in NDJSON lines) a batched read checks whether its batch is full.
+_CHECK_EVERY = 1_000
 
 
 class _LogEvent(msgspec.Struct):
@@ -93,15 +95,24 @@ def discover(paths: list[Path]) -> list[Path]:
 
 def read_fhir(paths: list[Path]) -> StagedFhir:
     """Read every file (or folder, recursively) into staged frames."""
-    staging = _Staging()
-    with _gc_paused():
-        for path in discover(paths):
-            staging.read_file(path)
-        # Build the frames and drop the decoded Structs before the collector runs again, so that
-        # it does not walk millions of objects that are about to be freed anyway.
-        staged = staging.finish()
-        staging.columns.clear()
+    (staged,) = iter_staged(paths, max_records=None)
     return staged
+
+
+def iter_staged(paths: list[Path], *, max_records: int | None) -> Iterator[StagedFhir]:
+    """Read the files in batches of about ``max_records`` input records (all in one batch when
+    None); always at least one batch. A batch ends after a file or between two NDJSON lines, never
+    inside a Bundle or a ``.json`` file. Each batch's ``identifiers`` include the earlier batches',
+    so a conditional reference (``Patient?identifier=...``) to a resource of an earlier batch still
+    resolves; ``_scope`` numbers go on across batches."""
+    staging = _Staging()
+    batches = 0
+    for path in discover(paths):
+        for _ in staging.read_file(path, max_records):
+            batches += 1
+            yield staging.cut()
+    if staging.records() or not batches:
+        yield staging.cut()
 
 
 @contextmanager
@@ -137,38 +148,63 @@ class _Columns:
 
 class _Staging:
     def __init__(self) -> None:
+        self.scopes = 0
+        self.known_identifiers = pl.DataFrame(schema={"conditional": pl.Utf8, "key": pl.Utf8})
+        self.decoder = model.resource_decoder()
+        self.document_decoder = model.document_decoder()
+        self._start_batch()
+
+    def _start_batch(self) -> None:
         self.columns: dict[str, _Columns] = defaultdict(_Columns)
         self.quarantine: list[tuple] = []
         self.deletions: list[tuple[str, str, str]] = []
         self.full_urls: list[tuple[int, str, str]] = []
         self.inputs: Counter[str] = Counter()
         self.filtered: Counter[str] = Counter()
-        self.scopes = 0
-        self.decoder = model.resource_decoder()
-        self.document_decoder = model.document_decoder()
+
+    def records(self) -> int:
+        """Input records of this batch so far, deletions included."""
+        return sum(self.inputs.values()) + len(self.deletions)
+
+    def cut(self) -> StagedFhir:
+        """The batch read so far, as frames; the staging goes on empty, remembering the identifiers."""
+        # Build the frames and drop the decoded Structs before the collector runs again, so that
+        # it does not walk millions of objects that are about to be freed anyway.
+        with _gc_paused():
+            staged = self.finish()
+            self.columns.clear()
+        self.known_identifiers = staged.identifiers
+        self._start_batch()
+        return staged
 
     # --- files ------------------------------------------------------------------------------
 
-    def read_file(self, path: Path) -> None:
+    def read_file(self, path: Path, max_records: int | None = None) -> Iterator[None]:
         """Read one file; NDJSON is streamed line by line, so a huge export never sits whole in
-        memory. A file that breaks off (a truncated gzip) keeps what was read and quarantines the rest."""
+        memory. Yields (outside the collector pause) each time the batch holds ``max_records``:
+        between two NDJSON lines, or after the file; the caller then ``cut``s the batch. A file that
+        breaks off (a truncated gzip) keeps what was read and quarantines the rest."""
         name, lower = str(path), path.name.lower()
-        position = 0
+        self.position = 0
         try:
             if lower.endswith((".ndjson", ".ndjson.gz")):
                 opener = gzip.open if lower.endswith(".gz") else open
                 with opener(path, "rb") as stream:
-                    for position, line in enumerate(stream, start=1):
-                        if position == 1:
-                            line = line.removeprefix(_BOM)
-                        if line.strip():
-                            self.read_record(line, name, position, self._new_scope())
+                    lines = enumerate(stream, start=1)
+                    while True:
+                        with _gc_paused():
+                            full = self._read_lines(lines, name, max_records)
+                        if not full:
+                            break
+                        yield
             else:
                 data = path.read_bytes()
                 if lower.endswith(".gz"):
                     data = gzip.decompress(data)
-                self.read_document(data.removeprefix(_BOM), name)
+                with _gc_paused():
+                    self.read_document(data.removeprefix(_BOM), name)
         except (OSError, EOFError, zlib.error) as error:
+            position = self.position
             self._quarantine(
                 name,
                 position + 1 if position else 0,
@@ -177,6 +213,20 @@ class _Staging:
                 "unreadable_file",
                 f"The file breaks off here ({error.__class__.__name__}); what came before is kept.",
             )
+        if max_records and self.records() >= max_records:
+            yield
+
+    def _read_lines(self, lines: Iterator[tuple[int, bytes]], name: str, max_records: int | None) -> bool:
+        """Read NDJSON lines until the end (False) or until the batch is full (True)."""
+        for position, line in lines:
+            self.position = position
+            if position == 1:
+                line = line.removeprefix(_BOM)
+            if line.strip():
+                self.read_record(line, name, position, self._new_scope())
+            if max_records and position % _CHECK_EVERY == 0 and self.records() >= max_records:
+                return True
+        return False
 
     def _new_scope(self) -> int:
         self.scopes += 1
@@ -339,7 +389,9 @@ class _Staging:
                 )
                 frame = frame.filter(latest)
             resources[kind] = frame
-        identifiers = _identifiers(resources)
+        identifiers = pl.concat([self.known_identifiers, _identifiers(resources)]).unique(
+            "conditional", keep="first", maintain_order=True
+        )
         deletions = pl.DataFrame(self.deletions, schema=DELETION_SCHEMA, orient="row")
         # A conditional DELETE names a record by identifier: resolve it when this batch knows it.
         deletions = (
