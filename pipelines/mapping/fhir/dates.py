@@ -14,6 +14,8 @@ import os
 
 import polars as pl
 
+from pipelines.mapping.fhir.distinct import distinct_rows
+
 _SHAPE = (
     r"^(?<year>\d{4})(?:-(?<month>\d{2})(?:-(?<day>\d{2})"
     r"(?:T(?<hour>\d{2}):(?<minute>\d{2})(?::(?<second>\d{2})(?:\.\d+)?)?"
@@ -30,10 +32,18 @@ def local_zone() -> str:
 def parse(text: pl.Series, *, time_zone: str | None = None) -> pl.DataFrame:
     """Parse a column of FHIR date strings once: ``date`` (partial dates -> first day of the
     period; the UTC date when there is a time), ``datetime`` (UTC, naive; null for a date without a
-    time), ``precision`` ('year', 'month', 'day') and ``impossible`` (present but no real date)."""
-    frame = pl.DataFrame({"text": text.cast(pl.Utf8)}).with_columns(
-        pl.col("text").str.extract_groups(_SHAPE).alias("p")
-    )
+    time), ``precision`` ('year', 'month', 'day') and ``impossible`` (present but no real date).
+
+    Each distinct string is parsed once (10 k patients: 947 k Observation times, 68 k distinct)."""
+    text = text.cast(pl.Utf8)
+    found = distinct_rows(text.to_frame("text"))
+    if found is None:
+        return _parse(text, time_zone or local_zone())
+    return found.spread(_parse(text.gather(found.firsts), time_zone or local_zone()))
+
+
+def _parse(text: pl.Series, time_zone: str) -> pl.DataFrame:
+    frame = pl.DataFrame({"text": text}).with_columns(pl.col("text").str.extract_groups(_SHAPE).alias("p"))
     part = pl.col("p").struct.field
     day = pl.format(
         "{}-{}-{}", part("year"), part("month").fill_null("01"), part("day").fill_null("01")
@@ -55,7 +65,7 @@ def parse(text: pl.Series, *, time_zone: str | None = None) -> pl.DataFrame:
     # Without an offset the time is read in the local zone; a time that zone skips (the hour lost to
     # daylight saving) does not exist and is impossible, a repeated one takes its first occurrence.
     in_zone = (
-        local.dt.replace_time_zone(time_zone or local_zone(), ambiguous="earliest", non_existent="null")
+        local.dt.replace_time_zone(time_zone, ambiguous="earliest", non_existent="null")
         .dt.convert_time_zone("UTC")
         .dt.replace_time_zone(None)
     )

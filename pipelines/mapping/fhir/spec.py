@@ -18,7 +18,7 @@ import yaml
 
 from pipelines.cdm.spec import cdm_schema
 from pipelines.errors import PasserelleError
-from pipelines.mapping.fhir.paths import PathError, compile_path
+from pipelines.mapping.fhir.paths import PathError, compile_path, root_of
 from pipelines.project_files import data_dir
 
 
@@ -166,6 +166,16 @@ def _check(path: Path, output: Output, common: Common) -> None:
                 compile_path(text)
             except PathError as error:
                 raise MappingError(f"{where}: {error}") from error
+
+
+def elements_read(output: Output) -> frozenset[str]:
+    """The top-level elements of the resource an output reads besides ``each``'s list (``item`` is the
+    list's item, not an element): the engine filters and explodes only these columns, not the whole
+    wide frame (a filter or explode copies every nested column it carries)."""
+    specs = [*output.facets.values(), *output.columns.values()]
+    if isinstance(output.type_concept, dict):
+        specs.append(output.type_concept)
+    return frozenset(root_of(path) for spec in specs for path in _paths(spec)) - {"item"}
 
 
 # Keys of a value spec whose value is itself a path or a spec (docs/fhir.md, "Values").
