@@ -124,20 +124,37 @@ def apply_catalogue(elements: pl.DataFrame, catalogue: dict[str, tuple[OmoclFile
     incomplete: list[dict] = []
     custom: dict[str, int] = {}
     compositions: dict[str, list[dict]] = {}
-    for row in elements.select(
-        _ENGINE_COLUMNS
-    ).to_dicts():  # one conversion; a composition's rows are adjacent
+    for row in elements.select(_ENGINE_COLUMNS).to_dicts():  # a composition's rows are adjacent
+        segments = tuple(_SEGMENT.findall(row["node_path"]))
+        row.update(_scope=row, _segments=segments, _generic=tuple((a, n or None) for a, n, _ in segments))
         compositions.setdefault(row["composition_uid"], []).append(row)
-    for rows in compositions.values():
-        tree = _Tree(rows)
-        for anchor in tree.entries():
-            for file in catalogue.get(anchor["node_id"], ()):
-                _apply_file(tree, file, anchor, catalogue, candidates, incomplete, custom, 0)
+    for nodes in compositions.values():
+        found, missing, skipped = map_composition(nodes, catalogue)
+        candidates.extend(found)
+        incomplete.extend(missing)
+        for name, count in skipped.items():
+            custom[name] = custom.get(name, 0) + count
     return EngineResult(
         candidates=pl.DataFrame(candidates, schema=CANDIDATE_SCHEMA, strict=False),
         incomplete=pl.DataFrame(incomplete, schema=INCOMPLETE_SCHEMA, strict=False),
         custom_skipped=custom,
     )
+
+
+def map_composition(
+    nodes: list[dict], catalogue: dict[str, tuple[OmoclFile, ...]]
+) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """The candidate rows (CANDIDATE_SCHEMA dicts), incomplete rows and CustomMappings met of one
+    composition, from its nodes as the walk gives them (``pipelines.sources.openehr.flatten``): own
+    columns, the shared ``_scope``, ``_segments`` and ``_generic``."""
+    candidates: list[dict] = []
+    incomplete: list[dict] = []
+    custom: dict[str, int] = {}
+    tree = _Tree(nodes)
+    for anchor in tree.entries():
+        for file in catalogue.get(anchor["node_id"], ()):
+            _apply_file(tree, file, anchor, catalogue, candidates, incomplete, custom, 0)
+    return candidates, incomplete, custom
 
 
 @dataclass(frozen=True)
@@ -169,28 +186,36 @@ def _parse_path(path: str) -> _Path:
 
 
 class _Tree:
-    """The rows of one composition, indexed for OMOCL path look-ups."""
+    """The nodes of one composition, indexed for OMOCL path look-ups."""
 
-    def __init__(self, rows: list[dict]) -> None:
-        self.rows = rows
-        self.by_depth: dict[int, list[dict]] = {}
+    def __init__(self, nodes: list[dict]) -> None:
+        self.nodes = nodes
         self.by_path: dict[str, dict] = {}
         self.by_generic: dict[tuple, list[dict]] = {}
-        for row in rows:
-            segments = tuple(_SEGMENT.findall(row["node_path"]))
-            row["_segments"] = segments
-            self.by_depth.setdefault(len(segments), []).append(row)
-            self.by_path[row["node_path"]] = row
-            self.by_generic.setdefault(tuple((a, n or None) for a, n, _ in segments), []).append(row)
+        self._by_depth: dict[int, list[dict]] | None = None  # built on the first wildcard path
+        # every row of a mapping resolves the same paths from the same anchor: resolved once
+        self._resolved: dict[tuple[str, str], list[dict]] = {}
+        for node in nodes:
+            self.by_path[node["node_path"]] = node
+            self.by_generic.setdefault(node["_generic"], []).append(node)
 
     def entries(self) -> list[dict]:
-        return [r for r in self.rows if not r["is_element"] and r["node_path"] == r["entry_path"]]
+        return [
+            n for n in self.nodes if not n["is_element"] and n["node_path"] == n["_scope"].get("entry_path")
+        ]
 
     def context(self) -> dict | None:
         return self.by_path.get("/context")
 
     def resolve(self, anchor: dict, path: str) -> list[dict]:
         """Nodes an OMOCL path reaches from ``anchor`` (``..`` climbs; ``context`` is the composition's)."""
+        key = (anchor["node_path"], path)
+        found = self._resolved.get(key)
+        if found is None:
+            found = self._resolved[key] = self._resolve(anchor, path)
+        return found
+
+    def _resolve(self, anchor: dict, path: str) -> list[dict]:
         parsed = _parse_path(path)
         if not parsed.valid:
             return []
@@ -207,11 +232,15 @@ class _Tree:
             pattern = (("context", None), *pattern)
         size = len(prefix)
         if all(pred is not None or attr == "context" for attr, pred in pattern):
-            generic = tuple((a, n or None) for a, n, _ in prefix) + pattern
+            generic = anchor["_generic"][:size] + pattern
             return [r for r in self.by_generic.get(generic, ()) if r["_segments"][:size] == prefix]
+        if self._by_depth is None:
+            self._by_depth = {}
+            for node in self.nodes:
+                self._by_depth.setdefault(len(node["_segments"]), []).append(node)
         return [
             row
-            for row in self.by_depth.get(size + len(pattern), ())
+            for row in self._by_depth.get(size + len(pattern), ())
             if row["_segments"][:size] == prefix
             and all(
                 seg[0] == attr and (pred is None or seg[1] == pred)
@@ -284,7 +313,7 @@ def _apply_row(
             if driver is not None:
                 incomplete.append(
                     {
-                        "composition_uid": anchor["composition_uid"],
+                        "composition_uid": anchor["_scope"]["composition_uid"],
                         "omocl_file": file.name,
                         "focus_path": focus["node_path"],
                         "missing_field": missing,
@@ -294,8 +323,8 @@ def _apply_row(
         if not evidence and mapping.type not in ("Person", "Visit"):
             continue
         row.update(
-            composition_uid=anchor["composition_uid"],
-            ehr_id=anchor["ehr_id"],
+            composition_uid=anchor["_scope"]["composition_uid"],
+            ehr_id=anchor["_scope"]["ehr_id"],
             omocl_file=file.name,
             omocl_type=mapping.type,
             mapping_index=index,
@@ -336,9 +365,9 @@ def _resolve_field(
             product = 1.0
             for factor in alternative.factors:
                 numbers = [
-                    n["value_number"]
+                    n.get("value_number")
                     for n in _nearest(tree.resolve(anchor, factor.path), focus)
-                    if n["is_element"] and n["value_number"] is not None
+                    if n["is_element"] and n.get("value_number") is not None
                 ]
                 if not numbers:
                     break
@@ -362,24 +391,24 @@ def _read(node: dict, role: dict, alternative: Alternative) -> dict | None:
     if not node["is_element"]:
         return None
     if alternative.kind == "conceptMap":
-        mapped = dict(alternative.concept_map).get(node["value_code"] or "")
+        mapped = dict(alternative.concept_map).get(node.get("value_code") or "")
         if mapped is None:
             return None
         return {"value_const": mapped} if out == "value" else {f"{out}_const": mapped}
     if kind == "concept":
-        if node["value_code"] is None and node["value_text"] is None:
+        if node.get("value_code") is None and node.get("value_text") is None:
             return None
         return {
-            f"{out}_code": node["value_code"],
-            f"{out}_system": node["value_terminology"],
-            f"{out}_text": node["value_text"],
+            f"{out}_code": node.get("value_code"),
+            f"{out}_system": node.get("value_terminology"),
+            f"{out}_text": node.get("value_text"),
         }
     if kind == "value":
         return _read_value(node, out)
     if kind == "number":
-        return {out: node["value_number"]} if node["value_number"] is not None else None
+        return {out: node.get("value_number")} if node.get("value_number") is not None else None
     if kind == "text":
-        return {out: node["value_text"]} if node["value_text"] is not None else None
+        return {out: node.get("value_text")} if node.get("value_text") is not None else None
     if kind == "year":
         return _birth_year(node)
     return None
@@ -387,15 +416,15 @@ def _read(node: dict, role: dict, alternative: Alternative) -> dict | None:
 
 def _read_value(node: dict, out: str) -> dict | None:
     if out == "value":
-        if node["rm_type"] is None:  # an ELEMENT with only a null_flavour
+        if node.get("rm_type") is None:  # an ELEMENT with only a null_flavour
             return None
         return {
-            "value_number": node["value_number"],
-            "value_code": node["value_code"],
-            "value_system": node["value_terminology"],
-            "value_text": node["value_text"],
-            "value_boolean": node["value_boolean"],
-            "value_type": node["rm_type"],
+            "value_number": node.get("value_number"),
+            "value_code": node.get("value_code"),
+            "value_system": node.get("value_terminology"),
+            "value_text": node.get("value_text"),
+            "value_boolean": node.get("value_boolean"),
+            "value_type": node.get("rm_type"),
         }
     column = {
         "unit": "value_units",
@@ -403,32 +432,37 @@ def _read_value(node: dict, out: str) -> dict | None:
         "range_high": "normal_high",
         "operator": "magnitude_status",
     }[out]
-    return {out: node[column]} if node[column] is not None else None
+    value = node.get(column)
+    return {out: value} if value is not None else None
 
 
 def _node_time(node: dict) -> datetime | None:
     """A date field's value: an element's own date, else the time of the node (event, entry, context)."""
     if node["is_element"]:
-        return node["value_datetime"]
-    for column in ("node_time", "event_time", "entry_time", "context_start"):
-        if node.get(column) is not None:
-            return node[column]
+        return node.get("value_datetime")
+    if node["node_time"] is not None:
+        return node["node_time"]
+    scope = node["_scope"]
+    for column in ("event_time", "entry_time", "context_start"):
+        if scope.get(column) is not None:
+            return scope[column]
     return None
 
 
 def _birth_year(node: dict) -> dict | None:
-    if node["value_datetime"] is not None:
-        return {"birth_year": node["value_datetime"].year}
-    number = node["value_number"]
+    if node.get("value_datetime") is not None:
+        return {"birth_year": node.get("value_datetime").year}
+    number = node.get("value_number")
     if number is None:
         return None
-    if node["rm_type"] == "DV_DURATION":
+    if node.get("rm_type") == "DV_DURATION":
         years = number / _SECONDS_PER_YEAR
     elif number >= 1800:  # a year written as a number
         return {"birth_year": int(number)}
     else:
         years = number
-    recorded = node["event_time"] or node["entry_time"] or node["context_start"]
+    scope = node["_scope"]
+    recorded = scope.get("event_time") or scope.get("entry_time") or scope["context_start"]
     if recorded is None:
         return None
     return {"birth_year": int((recorded.year + recorded.timetuple().tm_yday / 366) - years)}

@@ -13,6 +13,7 @@ with the path of the offending node: the caller quarantines the whole compositio
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -151,6 +152,26 @@ def composition_uid(composition: dict) -> tuple[str | None, str | None]:
     return parts[0], parts[2] if len(parts) > 2 else None
 
 
+@dataclass
+class FlatComposition:
+    """One composition walked: its nodes and the times of its own entries and events.
+
+    A node holds its own columns of ELEMENT_SCHEMA; the columns it shares with its enclosing entry or
+    event (and the composition's) are in one ``_scope`` dict shared by all of them, so a node costs
+    one small dict, not a copy of 45 columns (building full rows was a third of the reading time).
+    ``_segments`` is ``node_path`` split into (attribute, node id, index), ``_generic`` the same
+    without indexes: what the OMOCL engine matches paths on, built here as the walk goes instead of
+    parsed back out of the path text (that parse was 0.76 s of 5.75 s at 1 k patients).
+    """
+
+    nodes: list[dict]
+    times: list[datetime]  # event time, else entry time, of every entry and event: the record's span
+
+    def rows(self) -> list[dict]:
+        """The nodes as full rows of ELEMENT_SCHEMA (the private keys are left for the frame to drop)."""
+        return [{**node["_scope"], **node} for node in self.nodes]
+
+
 def flatten_composition(
     composition: dict,
     *,
@@ -162,6 +183,28 @@ def flatten_composition(
     position: int,
 ) -> list[dict]:
     """All rows of one composition (dicts in ELEMENT_SCHEMA's columns)."""
+    return walk_composition(
+        composition,
+        uid=uid,
+        version=version,
+        ehr_id=ehr_id,
+        zone=zone,
+        source_file=source_file,
+        position=position,
+    ).rows()
+
+
+def walk_composition(
+    composition: dict,
+    *,
+    uid: str,
+    version: str | None,
+    ehr_id: str,
+    zone: ZoneInfo,
+    source_file: str,
+    position: int,
+) -> FlatComposition:
+    """The nodes of one composition in document order, the context first."""
     if not isinstance(composition, dict) or composition.get("_type", "COMPOSITION") != "COMPOSITION":
         raise CompositionError("not_a_composition", "/", "the record is not a COMPOSITION")
     context = composition.get("context")
@@ -186,86 +229,138 @@ def flatten_composition(
         "source_file": source_file,
         "position": position,
     }
-    walker = _Walker(base, zone)
+    walker = _Walker(zone)
+    context_segments = (("context", "", ""),)
+    context_generic = (("context", None),)
     if start is not None:
-        walker.structural("/context", "/context", None, "EVENT_CONTEXT", {}, start)
+        walker.structural(
+            "/context", "/context", None, "EVENT_CONTEXT", base, start, context_segments, context_generic
+        )
     if isinstance(context.get("other_context"), dict):
-        walker.walk(context["other_context"], "/context", "/context", "other_context", None, {})
+        walker.walk(
+            context["other_context"],
+            "/context",
+            "/context",
+            context_segments,
+            context_generic,
+            "other_context",
+            None,
+            base,
+        )
     for index, item in enumerate(_as_list(composition.get("content"))):
-        walker.walk(item, "", "", "content", index, {})
-    return walker.rows
+        walker.walk(item, "", "", (), (), "content", index, base)
+    return FlatComposition(walker.nodes, walker.times)
 
 
 class _Walker:
-    """Depth-first walk keeping the enclosing entry and event of every node."""
+    """Depth-first walk keeping the enclosing entry and event of every node (in its ``_scope``)."""
 
-    def __init__(self, base: dict, zone: ZoneInfo) -> None:
-        self.base = base
+    def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
-        self.rows: list[dict] = []
+        self.nodes: list[dict] = []
+        self.times: list[datetime] = []
 
-    def walk(self, node: object, parent: str, parent_generic: str, attr: str, index: int | None, scope: dict):
+    def walk(
+        self,
+        node: object,
+        parent: str,
+        parent_generic: str,
+        segments: tuple,
+        generic_key: tuple,
+        attr: str,
+        index: int | None,
+        scope: dict,
+    ) -> None:
         if not isinstance(node, dict):
             raise CompositionError("malformed", f"{parent}/{attr}", "expected an object")
         rm_type = node.get("_type")
         node_id = node.get("archetype_node_id")
         if rm_type is None:
             rm_type = _implicit_type(attr, node)
-        segment = f"{attr}[{node_id}]" if node_id else attr
+        if node_id:
+            segment = f"{attr}[{node_id}]"
+            node_key = str(node_id)
+        else:
+            segment = attr
+            node_key = ""
         generic = f"{parent_generic}/{segment}"
-        indexed = f"{parent}/{segment}" + (f"#{index}" if index is not None else "")
+        if index is None:
+            indexed = f"{parent}/{segment}"
+            segments = (*segments, (attr, node_key, ""))
+        else:
+            indexed = f"{parent}/{segment}#{index}"
+            segments = (*segments, (attr, node_key, str(index)))
+        generic_key = (*generic_key, (attr, node_key or None))
         if rm_type == "ELEMENT":
-            self.element(node, indexed, generic, node_id, scope)
+            self.element(node, indexed, generic, node_id, scope, segments, generic_key)
             return
-        if rm_type not in _CHILDREN:
+        children = _CHILDREN.get(rm_type) if isinstance(rm_type, str) else None
+        if children is None:
             raise CompositionError("unknown_rm_type", indexed, f"unknown RM type {rm_type!r}")
-        scope = dict(scope)
         if isinstance(node_id, str) and node_id.startswith("openEHR-"):
-            scope["archetype"] = node_id
+            scope = {**scope, "archetype": node_id}
         own_time = None
         if rm_type in ENTRY_TYPES:
             own_time = self._entry_time(node, indexed)
-            scope.update(entry_type=rm_type, entry_archetype=node_id, entry_path=indexed, entry_time=own_time)
+            scope = {
+                **scope,
+                "entry_type": rm_type,
+                "entry_archetype": node_id,
+                "entry_path": indexed,
+                "entry_time": own_time,
+            }
+            spanned = scope.get("event_time") or own_time
+            if spanned is not None:
+                self.times.append(spanned)
         elif rm_type in EVENT_TYPES:
             own_time = _required_time(node.get("time"), f"{indexed}/time", self.zone)
             width = (node.get("width") or {}).get("value")
-            scope.update(event_type=rm_type, event_path=indexed, event_time=own_time, event_width=width)
+            scope = {
+                **scope,
+                "event_type": rm_type,
+                "event_path": indexed,
+                "event_time": own_time,
+                "event_width": width,
+            }
+            self.times.append(own_time)
         elif rm_type == "HISTORY":
             own_time = _time_value(node.get("origin"), self.zone)
-        self.structural(indexed, generic, node_id, rm_type, scope, own_time)
-        for child_attr in _CHILDREN[rm_type]:
-            children = node.get(child_attr)
-            if children is None:
+        self.structural(indexed, generic, node_id, rm_type, scope, own_time, segments, generic_key)
+        for child_attr in children:
+            value = node.get(child_attr)
+            if value is None:
                 continue
             if child_attr in _SINGLE:
-                self.walk(children, indexed, generic, child_attr, None, scope)
+                self.walk(value, indexed, generic, segments, generic_key, child_attr, None, scope)
             else:
-                for child_index, child in enumerate(_as_list(children)):
-                    self.walk(child, indexed, generic, child_attr, child_index, scope)
+                for child_index, child in enumerate(_as_list(value)):
+                    self.walk(child, indexed, generic, segments, generic_key, child_attr, child_index, scope)
 
-    def structural(self, indexed, generic, node_id, rm_type, scope, own_time) -> None:
-        self.rows.append(
+    def structural(self, indexed, generic, node_id, rm_type, scope, own_time, segments, generic_key) -> None:
+        self.nodes.append(
             {
-                **self.base,
-                **scope,
                 "path": generic,
                 "node_path": indexed,
                 "node_id": node_id,
                 "is_element": False,
                 "rm_type": rm_type,
                 "node_time": own_time,
+                "_scope": scope,
+                "_segments": segments,
+                "_generic": generic_key,
             }
         )
 
-    def element(self, node: dict, indexed: str, generic: str, node_id: str | None, scope: dict) -> None:
+    def element(self, node: dict, indexed, generic, node_id, scope, segments, generic_key) -> None:
         row = {
-            **self.base,
-            **scope,
             "path": generic,
             "node_path": indexed,
             "node_id": node_id,
             "is_element": True,
             "name": (node.get("name") or {}).get("value"),
+            "_scope": scope,
+            "_segments": segments,
+            "_generic": generic_key,
         }
         flavour = node.get("null_flavour")
         if isinstance(flavour, dict):
@@ -282,7 +377,7 @@ class _Walker:
             _read_value(row, value, self.zone, indexed)
         elif value is not None:
             raise CompositionError("malformed", indexed, "ELEMENT value is not an object")
-        self.rows.append(row)
+        self.nodes.append(row)
 
     def _entry_time(self, node: dict, path: str) -> datetime | None:
         if node.get("_type") == "ACTION":

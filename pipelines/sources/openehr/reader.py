@@ -10,6 +10,7 @@ its file, position, path and reason, and the others still load.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,10 +21,12 @@ import polars as pl
 from pipelines.errors import PasserelleError
 from pipelines.mapping.batch import QUARANTINE_SCHEMA
 from pipelines.sources.openehr.flatten import (
+    ELEMENT_SCHEMA,
     CompositionError,
+    FlatComposition,
     composition_uid,
     elements_frame,
-    flatten_composition,
+    walk_composition,
 )
 from pipelines.sources.openehr.times import configured_zone
 
@@ -54,9 +57,30 @@ class OpenEhrExport:
     superseded: int = 0  # compositions replaced by a newer version of the same uid in this batch
 
 
+# what a reader does with each composition it walked: (sequence number, its COMPOSITION_SCHEMA row, nodes)
+Keep = Callable[[int, dict, FlatComposition], None]
+
+
 def read_openehr(paths: list[Path], *, time_zone: str | None = None) -> OpenEhrExport:
     """Read every input; raises PasserelleError only for a path that does not exist."""
-    reader = _Reader(configured_zone(time_zone))
+    walked: dict[int, tuple[dict, FlatComposition]] = {}
+    export = read_compositions(
+        paths, lambda sequence, row, flat: walked.__setitem__(sequence, (row, flat)), time_zone=time_zone
+    )
+    kept = export.compositions["sequence"].to_list()
+    rows = [row for sequence in sorted(kept) for row in walked[sequence][1].rows()]
+    compositions = [walked[sequence][0] for sequence in kept]
+    export.elements = elements_frame(rows)
+    export.compositions = pl.DataFrame(compositions, schema=COMPOSITION_SCHEMA)
+    return export
+
+
+def read_compositions(paths: list[Path], keep: Keep, *, time_zone: str | None = None) -> OpenEhrExport:
+    """Read every input, handing each composition walked to ``keep`` as soon as it is read, so a
+    caller can map it and let its nodes go. ``compositions`` of the result has only the columns
+    ``composition_uid`` and ``sequence``: the compositions that stay (a newer version of a uid
+    replaces an older one, read before or after it); ``elements`` is empty."""
+    reader = _Reader(configured_zone(time_zone), keep)
     for path in paths:
         path = Path(path)
         if path.is_dir():
@@ -70,10 +94,11 @@ def read_openehr(paths: list[Path], *, time_zone: str | None = None) -> OpenEhrE
 
 
 class _Reader:
-    def __init__(self, zone: ZoneInfo) -> None:
+    def __init__(self, zone: ZoneInfo, keep: Keep) -> None:
         self.zone = zone
-        self.rows: list[dict] = []
-        self.compositions: dict[str, dict] = {}
+        self.keep = keep
+        self.sequence = 0
+        self.kept: dict[str, tuple[int, str | None]] = {}  # uid -> sequence and version that stay
         self.ehrs: dict[str, dict] = {}
         self.quarantine: list[dict] = []
         self.inputs: dict[str, int] = {}
@@ -152,7 +177,7 @@ class _Reader:
             digest = hashlib.sha1(ehr_id.encode() + orjson.dumps(composition, option=orjson.OPT_SORT_KEYS))
             uid = f"sha1-{digest.hexdigest()[:32]}"
         try:
-            rows = flatten_composition(
+            flat = walk_composition(
                 composition,
                 uid=uid,
                 version=version,
@@ -164,15 +189,15 @@ class _Reader:
         except CompositionError as error:
             self._quarantine(path, position, COMPOSITION, uid, error.code, f"{error.reason} at {error.path}")
             return
-        previous = self.compositions.get(uid)
+        previous = self.kept.get(uid)
         if previous is not None:
             self.superseded += 1
-            if _version_number(version) < _version_number(previous["composition_version"]):
+            if _version_number(version) < _version_number(previous[1]):
                 return
-            self.rows = [r for r in self.rows if r["composition_uid"] != uid]
-        self.rows.extend(rows)
+        self.sequence += 1
+        self.kept[uid] = (self.sequence, version)
         details = composition.get("archetype_details") or {}
-        self.compositions[uid] = {
+        row = {
             "composition_uid": uid,
             "composition_version": version,
             "ehr_id": ehr_id,
@@ -181,6 +206,7 @@ class _Reader:
             "source_file": str(path),
             "position": position,
         }
+        self.keep(self.sequence, row, flat)
         self._ehr(ehr_id, path, has_status=False)
 
     def _ehr(self, ehr_id: str, path: Path, *, has_status: bool) -> None:
@@ -207,8 +233,12 @@ class _Reader:
 
     def result(self) -> OpenEhrExport:
         return OpenEhrExport(
-            elements=elements_frame(self.rows),
-            compositions=pl.DataFrame(list(self.compositions.values()), schema=COMPOSITION_SCHEMA),
+            elements=pl.DataFrame(schema=ELEMENT_SCHEMA),
+            compositions=pl.DataFrame(
+                [(uid, sequence) for uid, (sequence, _) in self.kept.items()],
+                schema={"composition_uid": pl.Utf8, "sequence": pl.Int64},
+                orient="row",
+            ),
             ehrs=pl.DataFrame(list(self.ehrs.values()), schema=EHR_SCHEMA),
             quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA),
             inputs=dict(self.inputs),
