@@ -254,3 +254,63 @@ def test_maps_to_value_gives_value_as_concept_id(shared, tmp_path, monkeypatch):
         4036803,
         "Observation",
     )
+
+
+_MIXED = pl.DataFrame(
+    {
+        "system": [
+            "http://loinc.org",
+            "ICD10CM",
+            None,
+            "http://hl7.org/fhir/sid/icd-10-cm",
+            "LOINC",
+            "SNOMED",
+        ],
+        "code": ["8867-4", "I48", "x", "I10", None, "44054006"],
+        "position": [0, 1, 2, 3, 4, 5],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        pl.Categorical(),
+        pl.Enum(sorted(set(_MIXED["system"].drop_nulls()) | set(_MIXED["code"].drop_nulls()))),
+    ],
+)
+def test_categorical_input_gives_the_same_frame_as_text_input(starter, dtype):
+    text = resolve_concepts(_MIXED, starter)
+    coded = resolve_concepts(_MIXED.with_columns(pl.col("system", "code").cast(dtype)), starter)
+    assert coded.drop("system", "code").equals(text.drop("system", "code"))
+    assert coded["code"].cast(pl.Utf8).equals(text["code"])
+    # real ids, the I48 fan-out appended after all rows, the null code kept
+    assert coded["concept_id"].to_list() == [3027018, 313217, 0, 320128, 0, 201826, 314665]
+    assert coded["source_value"].to_list() == ["8867-4", "I48", "x", "I10", None, "44054006", "I48"]
+
+
+def test_categorical_units_give_the_same_concepts_as_text_units(starter):
+    units = pl.DataFrame({"unit": ["mmHg", "kg", None, "furlong", "kg", "Cel"]})
+    text = resolve_units(units, starter)
+    coded = resolve_units(units.with_columns(pl.col("unit").cast(pl.Categorical)), starter)
+    assert (
+        coded["unit_concept_id"].to_list()
+        == text["unit_concept_id"].to_list()
+        == [8876, 9529, 0, 0, 9529, 586323]
+    )
+    assert coded["unit_source_value"].equals(text["unit_source_value"])
+
+
+@pytest.mark.parametrize("bucket_bits", [20, 4])
+def test_many_distinct_codes_group_exactly_across_bucket_rounds(starter, monkeypatch, bucket_bits):
+    # 3,000 distinct codes in 6,000 rows: in a first table of 16 k buckets some collide and their rows
+    # take further rounds; with 16 buckets the rounds cannot place them all and exact grouping takes over
+    import pipelines.mapping.concepts as concepts
+
+    monkeypatch.setattr(concepts, "_BUCKET_BITS", bucket_bits)
+    codes = [f"8867-4-{i}" for i in range(2999)] + ["8867-4"]
+    frame = pl.DataFrame({"system": ["LOINC"] * 6000, "code": codes * 2})
+    out = resolve_concepts(frame, starter)
+    assert out.height == 6000
+    assert out["source_value"].equals(frame["code"].alias("source_value"))
+    assert out["concept_id"].to_list() == ([0] * 2999 + [3027018]) * 2
