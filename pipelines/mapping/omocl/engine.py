@@ -128,8 +128,9 @@ def apply_catalogue(elements: pl.DataFrame, catalogue: dict[str, tuple[OmoclFile
         segments = tuple(_SEGMENT.findall(row["node_path"]))
         row.update(_scope=row, _segments=segments, _generic=tuple((a, n or None) for a, n, _ in segments))
         compositions.setdefault(row["composition_uid"], []).append(row)
+    plans: dict = {}
     for nodes in compositions.values():
-        found, missing, skipped = map_composition(nodes, catalogue)
+        found, missing, skipped = map_composition(nodes, catalogue, plans)
         candidates.extend(found)
         incomplete.extend(missing)
         for name, count in skipped.items():
@@ -142,19 +143,199 @@ def apply_catalogue(elements: pl.DataFrame, catalogue: dict[str, tuple[OmoclFile
 
 
 def map_composition(
-    nodes: list[dict], catalogue: dict[str, tuple[OmoclFile, ...]]
+    nodes: list[dict], catalogue: dict[str, tuple[OmoclFile, ...]], plans: dict | None = None
 ) -> tuple[list[dict], list[dict], dict[str, int]]:
     """The candidate rows (CANDIDATE_SCHEMA dicts), incomplete rows and CustomMappings met of one
     composition, from its nodes as the walk gives them (``pipelines.sources.openehr.flatten``): own
-    columns, the shared ``_scope``, ``_segments`` and ``_generic``."""
-    candidates: list[dict] = []
-    incomplete: list[dict] = []
+    columns, the shared ``_scope``, ``_segments`` and ``_generic``.
+
+    Which nodes each field may come from depends only on the composition's structure (its node
+    paths), not on its values; ``plans`` (one dict per catalogue, kept by the caller) keeps that
+    choice per structure, so the many compositions of one template resolve their paths once (the
+    synthetic 10 k patients' 28,586 compositions have 9 structures; at 1 k the engine went from 0.44
+    to 0.25 CPU s)."""
+    shape = (tuple(node["node_path"] for node in nodes), tuple(node["is_element"] for node in nodes))
+    plan = plans.get(shape) if plans is not None else None
+    if plan is None:
+        plan = _plan(_Tree(nodes), catalogue)
+        if plans is not None:
+            if len(plans) >= _MAX_PLANS:
+                plans.clear()
+            plans[shape] = plan
+    return _run(plan, nodes)
+
+
+_MAX_PLANS = 4096
+_CONST, _NODES, _MULTIPLY = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    """One candidate row of one mapping: where each of its fields may come from."""
+
+    file: OmoclFile
+    index: int
+    mapping: RowMapping
+    anchor: int  # node positions in the composition
+    focus: int
+    driven: bool  # a driver field chose the focus: a missing required field is reported
+    # (field name, optional, steps); a step is (_CONST, {column: value}), (_NODES, role, alternative,
+    # node positions nearest the focus first) or (_MULTIPLY, output, node positions of each factor)
+    fields: tuple[tuple[str, bool, tuple], ...]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    rows: tuple[_RowPlan, ...]
+    custom: tuple[tuple[str, int], ...]
+
+
+def _plan(tree: _Tree, catalogue: dict[str, tuple[OmoclFile, ...]]) -> _Plan:
+    positions = {id(node): position for position, node in enumerate(tree.nodes)}
+    rows: list[_RowPlan] = []
     custom: dict[str, int] = {}
-    tree = _Tree(nodes)
     for anchor in tree.entries():
         for file in catalogue.get(anchor["node_id"], ()):
-            _apply_file(tree, file, anchor, catalogue, candidates, incomplete, custom, 0)
-    return candidates, incomplete, custom
+            _plan_file(tree, positions, file, anchor, catalogue, rows, custom, 0)
+    return _Plan(tuple(rows), tuple(custom.items()))
+
+
+def _plan_file(tree, positions, file, anchor, catalogue, rows, custom, depth) -> None:
+    for index, mapping in enumerate(file.mappings):
+        if mapping.type == CUSTOM:
+            custom[mapping.custom or ""] = custom.get(mapping.custom or "", 0) + 1
+            continue
+        anchors = tree.resolve(anchor, mapping.base_path) if mapping.base_path else [anchor]
+        if mapping.type == INCLUDE:
+            if depth < _MAX_INCLUDE_DEPTH:
+                for node in anchors:
+                    for included in catalogue.get(mapping.include or "", ()):
+                        _plan_file(tree, positions, included, node, catalogue, rows, custom, depth + 1)
+            continue
+        for node in anchors:
+            _plan_row(tree, positions, file, index, mapping, node, rows)
+
+
+def _plan_row(tree, positions, file: OmoclFile, index: int, mapping: RowMapping, anchor: dict, rows) -> None:
+    roles = field_roles()
+    focuses, driver = _driver(tree, mapping, anchor)
+    for focus in focuses:
+        fields = []
+        for spec in mapping.fields:
+            role = roles.get(spec.name)
+            if role is not None:
+                steps = _plan_field(tree, positions, spec.alternatives, role, anchor, focus)
+                fields.append((spec.name, spec.optional, steps))
+        rows.append(
+            _RowPlan(
+                file,
+                index,
+                mapping,
+                positions[id(anchor)],
+                positions[id(focus)],
+                driver is not None,
+                tuple(fields),
+            )
+        )
+
+
+def _plan_field(tree, positions, alternatives: tuple[Alternative, ...], role: dict, anchor, focus) -> tuple:
+    """The steps of a field, in the order its alternatives are tried; a constant ends them."""
+    steps: list[tuple] = []
+    for alternative in alternatives:
+        if alternative.kind == "code":
+            if role["role"] == "concept" or (
+                role["role"] == "value" and role["output"] in ("value", "unit", "operator")
+            ):
+                steps.append((_CONST, {f"{role['output']}_const": alternative.code}))
+                break
+            continue
+        if alternative.kind == "multiplication":
+            factors = tuple(
+                tuple(positions[id(n)] for n in _nearest(tree.resolve(anchor, factor.path), focus))
+                for factor in alternative.factors
+            )
+            steps.append((_MULTIPLY, role["output"], factors))
+            continue
+        found = tuple(positions[id(n)] for n in _nearest(tree.resolve(anchor, alternative.path), focus))
+        if found:
+            steps.append((_NODES, role, alternative, found))
+    return tuple(steps)
+
+
+def _run(plan: _Plan, nodes: list[dict]) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """A plan applied to the values of a composition of its structure."""
+    candidates: list[dict] = []
+    incomplete: list[dict] = []
+    for row_plan in plan.rows:
+        row: dict = {}
+        evidence = False
+        missing = None
+        for name, optional, steps in row_plan.fields:
+            resolved, from_element = _evaluate(steps, nodes)
+            if resolved is None:
+                if not optional:
+                    missing = name  # the row is not given: its other fields do not matter
+                    break
+                continue
+            row.update(resolved)
+            evidence = evidence or from_element
+        anchor = nodes[row_plan.anchor]["_scope"]
+        focus_path = nodes[row_plan.focus]["node_path"]
+        file = row_plan.file
+        if missing:
+            if row_plan.driven:
+                incomplete.append(
+                    {
+                        "composition_uid": anchor["composition_uid"],
+                        "omocl_file": file.name,
+                        "focus_path": focus_path,
+                        "missing_field": missing,
+                    }
+                )
+            continue
+        if not evidence and row_plan.mapping.type not in ("Person", "Visit"):
+            continue
+        row.update(
+            composition_uid=anchor["composition_uid"],
+            ehr_id=anchor["ehr_id"],
+            omocl_file=file.name,
+            omocl_type=row_plan.mapping.type,
+            mapping_index=row_plan.index,
+            archetype=file.archetype,
+            focus_path=focus_path,
+        )
+        candidates.append(row)
+    return candidates, incomplete, dict(plan.custom)
+
+
+def _evaluate(steps: tuple, nodes: list[dict]) -> tuple[dict | None, bool]:
+    """The first step that gives a value: ({output column: value}, whether an element gave it)."""
+    for step in steps:
+        kind = step[0]
+        if kind == _CONST:
+            return step[1], False
+        if kind == _MULTIPLY:
+            product = 1.0
+            for factor in step[2]:
+                numbers = [
+                    nodes[i].get("value_number")
+                    for i in factor
+                    if nodes[i]["is_element"] and nodes[i].get("value_number") is not None
+                ]
+                if not numbers:
+                    break
+                product *= numbers[0]
+            else:
+                return {step[1]: product}, True
+            continue
+        _, role, alternative, found = step
+        for i in found:
+            node = nodes[i]
+            resolved = _read(node, role, alternative)
+            if resolved is not None:
+                return resolved, node["is_element"]
+    return None, False
 
 
 @dataclass(frozen=True)
@@ -271,69 +452,6 @@ def _nearest(nodes: list[dict], focus: dict) -> list[dict]:
     return sorted(nodes, key=lambda n: -shared(n))
 
 
-def _apply_file(tree, file, anchor, catalogue, candidates, incomplete, custom, depth) -> None:
-    for index, mapping in enumerate(file.mappings):
-        if mapping.type == CUSTOM:
-            custom[mapping.custom or ""] = custom.get(mapping.custom or "", 0) + 1
-            continue
-        anchors = tree.resolve(anchor, mapping.base_path) if mapping.base_path else [anchor]
-        if mapping.type == INCLUDE:
-            if depth < _MAX_INCLUDE_DEPTH:
-                for node in anchors:
-                    for included in catalogue.get(mapping.include or "", ()):
-                        _apply_file(
-                            tree, included, node, catalogue, candidates, incomplete, custom, depth + 1
-                        )
-            continue
-        for node in anchors:
-            _apply_row(tree, file, index, mapping, node, candidates, incomplete)
-
-
-def _apply_row(
-    tree: _Tree, file: OmoclFile, index: int, mapping: RowMapping, anchor: dict, candidates, incomplete
-) -> None:
-    roles = field_roles()
-    focuses, driver = _driver(tree, mapping, anchor)
-    for focus in focuses:
-        row: dict = {}
-        evidence = False
-        missing = None
-        for spec in mapping.fields:
-            role = roles.get(spec.name)
-            if role is None:
-                continue
-            resolved, from_element = _resolve_field(tree, spec.alternatives, role, anchor, focus)
-            if resolved is None:
-                if not spec.optional:
-                    missing = missing or spec.name
-                continue
-            row.update(resolved)
-            evidence = evidence or from_element
-        if missing:
-            if driver is not None:
-                incomplete.append(
-                    {
-                        "composition_uid": anchor["_scope"]["composition_uid"],
-                        "omocl_file": file.name,
-                        "focus_path": focus["node_path"],
-                        "missing_field": missing,
-                    }
-                )
-            continue
-        if not evidence and mapping.type not in ("Person", "Visit"):
-            continue
-        row.update(
-            composition_uid=anchor["_scope"]["composition_uid"],
-            ehr_id=anchor["_scope"]["ehr_id"],
-            omocl_file=file.name,
-            omocl_type=mapping.type,
-            mapping_index=index,
-            archetype=file.archetype,
-            focus_path=focus["node_path"],
-        )
-        candidates.append(row)
-
-
 def _driver(tree: _Tree, mapping: RowMapping, anchor: dict) -> tuple[list[dict], str | None]:
     """The nodes that each give one row, and the field that chose them (None: one row at the anchor)."""
     for name in _DRIVERS:
@@ -348,38 +466,6 @@ def _driver(tree: _Tree, mapping: RowMapping, anchor: dict) -> tuple[list[dict],
             if nodes:
                 return nodes, name
     return [anchor], None
-
-
-def _resolve_field(
-    tree, alternatives: tuple[Alternative, ...], role: dict, anchor, focus
-) -> tuple[dict | None, bool]:
-    """The first alternative that resolves: ({output column: value}, whether an element gave it)."""
-    for alternative in alternatives:
-        if alternative.kind == "code":
-            if role["role"] == "concept":
-                return {f"{role['output']}_const": alternative.code}, False
-            if role["role"] == "value" and role["output"] in ("value", "unit", "operator"):
-                return {f"{role['output']}_const": alternative.code}, False
-            continue
-        if alternative.kind == "multiplication":
-            product = 1.0
-            for factor in alternative.factors:
-                numbers = [
-                    n.get("value_number")
-                    for n in _nearest(tree.resolve(anchor, factor.path), focus)
-                    if n["is_element"] and n.get("value_number") is not None
-                ]
-                if not numbers:
-                    break
-                product *= numbers[0]
-            else:
-                return {role["output"]: product}, True
-            continue
-        for node in _nearest(tree.resolve(anchor, alternative.path), focus):
-            resolved = _read(node, role, alternative)
-            if resolved is not None:
-                return resolved, node["is_element"]
-    return None, False
 
 
 def _read(node: dict, role: dict, alternative: Alternative) -> dict | None:

@@ -64,6 +64,7 @@ class Collector:
 
     def __init__(self, catalogue: dict[str, tuple[OmoclFile, ...]], case: dict) -> None:
         self.catalogue = catalogue
+        self.plans: dict = {}  # the engine's, for this catalogue
         self.case_suffix = f"/items[{case['archetype']}]/items[{case['item']}]"
         self._reset()
 
@@ -79,7 +80,7 @@ class Collector:
 
     def __call__(self, sequence: int, row: dict, flat: FlatComposition) -> None:
         ehr_id = row["ehr_id"]
-        candidates, incomplete, custom = map_composition(flat.nodes, self.catalogue)
+        candidates, incomplete, custom = map_composition(flat.nodes, self.catalogue, self.plans)
         for candidate in candidates:
             candidate["sequence"] = sequence
         for missing in incomplete:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -131,6 +132,11 @@ _DURATION = re.compile(
 _ARCHETYPE_RM_TYPE = re.compile(r"^openEHR-EHR-([A-Z_]+)\.")
 # seconds per ISO 8601 duration designator, calendar units at their average length
 _DURATION_SECONDS = (365.25 * 86400, 30.4375 * 86400, 7 * 86400, 86400, 3600, 60, 1)
+
+
+# A composition repeats its times (the context start is the time of most of its events and entries):
+# at 1 k patients 46 k time texts are 6.6 k distinct ones. The values are immutable, so shared.
+_parse_time = lru_cache(maxsize=4096)(parse_time)
 
 
 class CompositionError(ValueError):
@@ -420,7 +426,7 @@ def _read_value(row: dict, value: dict, zone: ZoneInfo, path: str) -> None:
     elif kind == "DV_BOOLEAN":
         row["value_boolean"] = value.get("value") if isinstance(value.get("value"), bool) else None
     elif kind in ("DV_DATE_TIME", "DV_DATE"):
-        read = parse_time(str(value.get("value", "")), zone)
+        read = _parse_time(str(value.get("value", "")), zone)
         if read is None:
             raise CompositionError("bad_time", path, f"{kind} value is not an ISO 8601 date")
         row["value_datetime"], row["value_precision"] = read.value, read.precision
@@ -514,14 +520,14 @@ def _duration_seconds(text: object) -> float | None:
 def _time_value(value: object, zone: ZoneInfo) -> datetime | None:
     if not isinstance(value, dict) or not isinstance(value.get("value"), str):
         return None
-    read = parse_time(value["value"], zone)
+    read = _parse_time(value["value"], zone)
     return read.value if read else None
 
 
 def _required_time(value: object, path: str, zone: ZoneInfo) -> datetime:
     if not isinstance(value, dict) or not isinstance(value.get("value"), str):
         raise CompositionError("missing_time", path, "a required time is missing")
-    read = parse_time(value["value"], zone)
+    read = _parse_time(value["value"], zone)
     if read is None:
         raise CompositionError("bad_time", path, "a required time is not an ISO 8601 date-time")
     return read.value
