@@ -54,6 +54,21 @@ load_batch(batch, open_targets(Path(sys.argv[1]), None, None), run_id=2)
 print("finished", flush=True)
 """
 
+# A run of four batches (the persons last, so the measurements wait for them in a held-back table);
+# the parent kills it once the second batch is in, inside the run's one transaction.
+_CHILD_RUN = (
+    _CHILD.replace("load_batch(batch,", "load_batches(batches(),")
+    .replace("import load_batch,", "import load_batches,")
+    .replace(
+        "batch = MappedBatch(",
+        """def batches():
+    for part in range(3):
+        yield MappedBatch(tables={"measurement": measurements.slice(part * 100_000, 100_000)})
+    yield MappedBatch(tables={"person": persons})
+batch = MappedBatch(""",
+    )
+)
+
 _SIDE_TABLES = ("id_map", "lineage", "quarantine", "run_log")
 
 
@@ -97,6 +112,44 @@ def test_a_load_killed_midway_leaves_the_previous_state(warehouse_path: Path) ->
     # The warehouse is still writable and the next load carries on from the previous ids.
     report = load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=3)
     assert report.new_ids == {"person": 0, "visit_occurrence": 0, "measurement": 0}
+
+
+@pytest.mark.slow
+def test_a_run_of_several_batches_killed_midway_leaves_the_state_before_the_run(warehouse_path: Path) -> None:
+    load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=1)
+    before = _snapshot(warehouse_path)
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_RUN, str(warehouse_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in child.stderr:
+        seen.append(line)
+        if line.startswith("batch 2 loaded"):
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait()
+    rest = child.stdout.read() + child.stderr.read()
+    assert child.returncode == -signal.SIGKILL, "".join(seen) + rest
+    assert "measurement: 0 rows inserted, 0 quarantined, 100000 held back\n" in seen
+    assert "committed" not in rest and "finished" not in rest
+
+    after = _snapshot(warehouse_path)
+    for name, frame in before.items():
+        assert after[name].equals(frame), name
+
+    def scratch() -> list[Path]:
+        return list(warehouse_path.parent.glob(f".{warehouse_path.name}.load-*"))
+
+    assert len(scratch()) == 1  # the killed run's batches on their way in
+
+    report = load_batch(first_batch(), open_targets(warehouse_path, None, None), run_id=3)
+    assert report.new_ids == {"person": 0, "visit_occurrence": 0, "measurement": 0}
+    assert scratch() == []  # the next load, holding the lock, removed it
 
 
 def test_a_second_writing_process_is_refused_with_a_clear_message(warehouse_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from pipelines.errors import WarehouseError
 from pipelines.mapping.batch import MappedBatch
-from pipelines.warehouse import load_batch, open_targets
+from pipelines.warehouse import load_batch, load_batches, open_targets
 from tests.test_warehouse_conformance import (
     HEART_RATE,
     OUTPATIENT,
@@ -320,3 +320,110 @@ def test_a_record_deleted_and_brought_by_one_batch_keeps_the_rows_brought(wareho
     assert _query(
         warehouse_path, "SELECT measurement_id, value_as_number FROM measurement WHERE value_as_number = 70"
     ) == [(2, 70.0)]  # hr-1 keeps the id it got first (keys in order: bp-1, hr-1, hr-2)
+
+
+def _load_run(path: Path, *batches: MappedBatch, run_id: int | None = None):
+    return load_batches(iter(batches), open_targets(path, None, None), run_id=run_id)
+
+
+def test_a_run_of_several_batches_resolves_references_to_a_later_batch(warehouse_path: Path) -> None:
+    """Bulk order: the Observations (and an Encounter) come before the Patient file that they need."""
+    first = MappedBatch(
+        tables={
+            "measurement": measurements(
+                [
+                    ("hr-1", "anna", "enc-1", HEART_RATE, 72.0, PER_MINUTE),
+                    ("hr-2", "ben", None, HEART_RATE, 64.0, PER_MINUTE),
+                    ("hr-3", "nobody", None, HEART_RATE, 99.0, PER_MINUTE),
+                    ("hr-4", "anna", "enc-nowhere", HEART_RATE, 70.0, PER_MINUTE),
+                ]
+            ),
+            "visit_occurrence": visits(("enc-1", "anna")),
+        },
+        inputs={"Observation": 4, "Encounter": 1},
+    )
+    second = MappedBatch(tables={"person": persons("anna", "ben")}, inputs={"Patient": 2})
+    report = _load_run(warehouse_path, first, second)
+    assert report.inserted == {"person": 2, "visit_occurrence": 1, "measurement": 3}
+    assert report.quarantined == {"dangling_reference": 1}
+    assert report.nulled_references == {"measurement.visit_occurrence_id": 1}
+    assert report.records_loaded == 7 and report.new_ids == {
+        "person": 2,
+        "visit_occurrence": 1,
+        "measurement": 4,
+    }
+    rows = _query(
+        warehouse_path,
+        """SELECT m.value_as_number, p.person_source_value, v.visit_source_value FROM measurement m
+           JOIN person p USING (person_id) LEFT JOIN visit_occurrence v USING (visit_occurrence_id)
+           ORDER BY 1""",
+    )
+    assert rows == [(64.0, "ben", None), (70.0, "anna", None), (72.0, "anna", "enc-1")]
+    assert _query(warehouse_path, "SELECT record_id, reason_code FROM passerelle.quarantine") == [
+        ("hr-3", "dangling_reference")
+    ]
+    assert _query(warehouse_path, "SELECT count(*), count(DISTINCT run_id) FROM passerelle.lineage") == [
+        (6, 1)
+    ]
+    [(summary,)] = _query(warehouse_path, "SELECT summary FROM passerelle.run_log")
+    assert json.loads(summary)["inserted"] == report.inserted
+
+
+def test_a_run_of_several_batches_gives_the_rows_of_one_batch(warehouse_path: Path, tmp_path: Path) -> None:
+    whole = first_batch()
+    _load(warehouse_path, whole)
+    split = tmp_path / "split.duckdb"
+    tables = whole.tables
+    _load_run(
+        split,
+        MappedBatch(tables={"measurement": tables["measurement"]}),
+        MappedBatch(tables={"visit_occurrence": tables["visit_occurrence"]}),
+        MappedBatch(tables={"person": tables["person"]}),
+    )
+    for table in ("person", "visit_occurrence", "measurement"):
+        columns = "* EXCLUDE (" + ("person_id)" if table == "person" else f"{table}_id, person_id)")
+        sql = f"SELECT {columns} FROM {table} ORDER BY ALL"
+        assert _query(split, sql) == _query(warehouse_path, sql), table
+    keys = (
+        "SELECT p.person_source_value, m.value_as_number FROM measurement m JOIN person p USING (person_id)"
+    )
+    assert sorted(_query(split, keys)) == sorted(_query(warehouse_path, keys))
+
+
+def test_a_record_brought_again_by_a_later_batch_of_the_run_keeps_the_later_copy(
+    warehouse_path: Path,
+) -> None:
+    again = measurements([("hr-1", "anna", "enc-1", HEART_RATE, 75.0, PER_MINUTE)], file="bundle-9.json")
+    report = _load_run(warehouse_path, first_batch(), MappedBatch(tables={"measurement": again}))
+    assert report.inserted == {"person": 2, "visit_occurrence": 2, "measurement": 4}
+    assert report.removed == {"measurement": 1}
+    assert _query(
+        warehouse_path,
+        f"SELECT value_as_number FROM measurement WHERE measurement_concept_id = {HEART_RATE} ORDER BY 1",
+    ) == [(64.0,), (75.0,)]
+    assert _query(warehouse_path, "SELECT source_file FROM passerelle.lineage WHERE record_id = 'hr-1'") == [
+        ("bundle-9.json",)
+    ]
+
+
+def test_a_record_brought_by_one_batch_and_deleted_by_a_later_one_keeps_the_rows_brought(
+    warehouse_path: Path,
+) -> None:
+    _load(warehouse_path, first_batch())
+    brought = MappedBatch(
+        tables={"measurement": measurements([("hr-1", "anna", "enc-1", HEART_RATE, 70.0, PER_MINUTE)])}
+    )
+    deleted = MappedBatch(
+        deletions=pl.DataFrame(
+            {
+                "_record_key": ["fhir|Observation/hr-1"],
+                "_source_format": ["fhir"],
+                "_source_file": ["tx.json"],
+            }
+        )
+    )
+    report = _load_run(warehouse_path, brought, deleted)
+    assert report.records_deleted == 0 and report.removed == {"measurement": 1}
+    assert _query(
+        warehouse_path, "SELECT measurement_id, value_as_number FROM measurement WHERE value_as_number = 70"
+    ) == [(2, 70.0)]

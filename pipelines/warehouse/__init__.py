@@ -5,7 +5,15 @@ the export targets (Parquet folder, PostgreSQL); ``open_targets`` builds the tar
 command-line choices; ``export_cdm`` refreshes exports again later (e.g. after the derived tables).
 """
 
-from pipelines.warehouse.load import LoadReport, load_batch
+from pipelines.warehouse.load import LoadReport, load_batch, load_batches
 from pipelines.warehouse.targets import ExportManifest, Target, export_cdm, open_targets
 
-__all__ = ["ExportManifest", "LoadReport", "Target", "export_cdm", "load_batch", "open_targets"]
+__all__ = [
+    "ExportManifest",
+    "LoadReport",
+    "Target",
+    "export_cdm",
+    "load_batch",
+    "load_batches",
+    "open_targets",
+]

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -20,7 +24,7 @@ import polars as pl
 
 from pipelines.cdm.spec import Table, cdm_schema
 from pipelines.errors import WarehouseError
-from pipelines.mapping.batch import MappedBatch
+from pipelines.mapping.batch import REF_PREFIX, MappedBatch, write_batch
 from pipelines.warehouse import staging
 from pipelines.warehouse.cdm_tables import load_order, quoted, references, row_hash_sql
 from pipelines.warehouse.duckdb_file import SIDE_SCHEMA
@@ -33,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 _AFFECTED = "_passerelle_affected_records"
 _ORPHANS = "_passerelle_orphans"
-_QUARANTINE = "_passerelle_mapper_quarantine"
 
 
 @dataclass
@@ -79,16 +82,40 @@ def load_batch(
     warehouse first when the warehouse holds another release (or none), so OHDSI tools find them.
     ``export=False`` leaves Parquet/PostgreSQL for a later ``export_cdm`` (after the derived tables).
     """
+    _check_batch(batch)  # before the warehouse is opened (or created)
+    return load_batches(
+        [batch], targets, run_id=run_id, vocab=vocab, vocabulary_version=vocabulary_version, export=export
+    )
+
+
+def load_batches(
+    batches: Iterable[MappedBatch],
+    targets: list[Target],
+    *,
+    run_id: int | None = None,
+    vocab: Vocabulary | None = None,
+    vocabulary_version: str | None = None,
+    export: bool = True,
+) -> LoadReport:
+    """Load the batches of one run, as they come, in one transaction: ``load_batch`` over many.
+
+    Only one batch is in memory at a time (the iterator makes the next one when this one is in), so
+    a run's memory is bounded by its batch size, not by its input. A row whose reference points at a
+    record of a later batch (a Bulk Observation read before its Patient file) is held back in a
+    DuckDB table and resolved after the last batch; only what is still dangling then is quarantined.
+    The report and the run_log row cover the whole run.
+    """
     warehouse = system_of_record(targets)
-    schema = cdm_schema()
-    tables = {name: frame for name, frame in batch.tables.items() if frame.height}  # empty ones add nothing
-    for name, frame in tables.items():
-        if name not in schema.table_names:
-            raise WarehouseError(f"batch table {name!r} is not an OMOP CDM v5.4 table")
-        staging.check_frame(name, schema.table(name), frame)
     started = _utc_now()
     con = warehouse.open()
+    # The batches on their way in, as Parquet beside the warehouse (same disk, which the user chose
+    # for data of this size). A folder left by a killed run is ours to remove: we hold the lock.
+    prefix = f".{warehouse.path.name}.load-"
+    for stale in warehouse.path.parent.glob(prefix + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=warehouse.path.parent))
     try:
+        con.execute(f"SET memory_limit = '{_MEMORY_LIMIT}'")
         if vocab is not None:
             vocabulary_version = vocabulary_version or vocab.version
             held = con.execute(
@@ -105,12 +132,11 @@ def load_batch(
                     f"SELECT coalesce(max(run_id), 0) + 1 FROM {SIDE_SCHEMA}.run_log"
                 ).fetchall()[0][0]
             report = LoadReport(run_id=run_id, outputs={t.name: t.location for t in targets})
-            _remove_records(con, tables, batch.deletions, report)
-            for name in load_order():
-                if name in tables:
-                    _load_table(con, schema.table(name), tables[name], run_id, report)
+            run = _Run(con, report, scratch)
+            for number, batch in enumerate(batches, start=1):
+                run.add(batch, number)
+            run.finish()
             _settle_orphans(con, run_id, report)
-            _store_mapper_quarantine(con, batch.quarantine, run_id, report)
             version = vocabulary_version or warehouse_vocabulary_version(con)
             _write_run_log(con, report, started, version)
             con.execute("COMMIT")
@@ -132,35 +158,194 @@ def load_batch(
             )
     finally:
         con.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     return report
 
 
+# DuckDB's memory for a load (it spills to the warehouse's .tmp folder beyond it). Its default, 80 %
+# of the machine, let a 10k-patient run's load grow past 4 GB beside the mappers' batches; a run must
+# fit 8 GB whatever its size.
+_MEMORY_LIMIT = "2GB"
+
+
+def _check_batch(batch: MappedBatch) -> dict[str, pl.DataFrame]:
+    """The batch's non-empty tables, each checked against the MappedBatch contract."""
+    schema = cdm_schema()
+    tables = {name: frame for name, frame in batch.tables.items() if frame.height}  # empty ones add nothing
+    for name, frame in tables.items():
+        if name not in schema.table_names:
+            raise WarehouseError(f"batch table {name!r} is not an OMOP CDM v5.4 table")
+        staging.check_frame(name, schema.table(name), frame.columns)
+    return tables
+
+
+class _Run:
+    """The batches of one run on their way in, inside its transaction: what is carried from one batch
+    to the next (the ids given so far, the rows held back, the numbering of staged rows)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, report: LoadReport, scratch: Path) -> None:
+        self.con, self.report, self.scratch = con, report, scratch
+        self.ids = staging.IdRange()
+        self.held: set[str] = set()  # tables with rows held back
+        self.rows = 0  # rows staged so far: the next staged row's number
+
+    def add(self, batch: MappedBatch, number: int) -> None:
+        """Load one batch: its tables are written to Parquet and read back by DuckDB (see
+        ``staging.stage`` for why), the frames let go of by the caller as soon as it likes."""
+        tables = _check_batch(batch)
+        folder = self.scratch / f"batch-{number}"
+        write_batch(
+            MappedBatch(tables=tables, quarantine=batch.quarantine, deletions=batch.deletions), folder
+        )
+        files = {name: folder / "tables" / f"{name}.parquet" for name in tables}
+        columns = {name: frame.columns for name, frame in tables.items()}
+        con, report, schema = self.con, self.report, cdm_schema()
+        _remove_records(con, files, folder / "deletions.parquet", report)
+        for name in load_order():
+            if name in files:
+                self._load_table(schema.table(name), files[name], columns[name])
+        _store_mapper_quarantine(con, folder / "quarantine.parquet", report)
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("batch %d loaded: %d rows", number, sum(f.height for f in tables.values()))
+
+    def finish(self) -> None:
+        """The rows held back, resolved now that every batch is in: what still points nowhere is
+        quarantined (required reference) or loses the reference (optional one)."""
+        con = self.con
+        for name in load_order():
+            if name not in self.held:
+                continue
+            table = cdm_schema().table(name)
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {staging.STAGE} AS "
+                "SELECT * REPLACE (CAST(NULL AS VARCHAR) AS _status, CAST(NULL AS VARCHAR) AS _reason) "
+                f"FROM {_held(name)}"
+            )
+            con.execute(f"DROP TABLE {_held(name)}")
+            self._settle_stage(table, references(table), hold=False)
+        self.held.clear()
+
+    def _load_table(self, table: Table, parquet: Path, columns: list[str]) -> None:
+        con, report = self.con, self.report
+        self.rows += staging.stage(con, table, parquet, columns, self.rows)
+        if "_key" in columns:
+            staging.drop_superseded(con)
+        if table.primary_key:
+            new, _keys = staging.allocate_ids(con, table, report.run_id, SIDE_SCHEMA, self.ids, known=True)
+            report.new_ids[table.name] = report.new_ids.get(table.name, 0) + new
+            # A source key that moved to another record still owns its id: its old row goes.
+            accepted_ids = f"SELECT _id FROM {staging.STAGE} WHERE _status IS NULL"
+            _count(report.removed, table.name, _delete_rows(con, table, accepted_ids, []))
+            con.execute(
+                f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND omop_id IN ({accepted_ids})",
+                [table.name],
+            )
+            if table.name in self.held:
+                con.execute(f"DELETE FROM {_held(table.name)} WHERE _id IN ({accepted_ids})")
+        refs = {c.removeprefix(REF_PREFIX) for c in columns if c.startswith(REF_PREFIX)}
+        self._settle_stage(table, refs, hold=True)
+
+    def _settle_stage(self, table: Table, refs: Collection[str], *, hold: bool) -> None:
+        """References, required values and text lengths of the staged rows; then the rows that can go
+        in are inserted with their lineage, the others quarantined or (``hold``) held back."""
+        con, report, run_id = self.con, self.report, self.report.run_id
+        counts = staging.StageCounts()
+        staging.resolve_references(con, table, SIDE_SCHEMA, counts, columns=refs, hold=hold)
+        staging.check_required(con, table)
+        staging.truncate_text(con, table, counts)
+        for key, n in counts.nulled_references.items():
+            _count(report.nulled_references, key, n)
+        for key, n in counts.truncated.items():
+            _count(report.truncated, key, n)
+
+        columns = ", ".join(quoted(c) for c in table.column_names)
+        values = ", ".join("_id" if c in table.primary_key else quoted(c) for c in table.column_names)
+        inserted = con.execute(
+            f"INSERT INTO main.{table.name} ({columns}) "
+            f"SELECT {values} FROM {staging.STAGE} WHERE _status IS NULL"
+        ).fetchall()[0][0]
+        _count(report.inserted, table.name, inserted)
+        identity = "s._id" if table.primary_key else row_hash_sql(table, "s")
+        con.execute(
+            f"""INSERT INTO {SIDE_SCHEMA}.lineage
+                  (record_key, omop_table, omop_id, source_format, source_file, position, record_type,
+                   record_id, record_version, run_id)
+                SELECT _record_key, ?, {identity}, _source_format, _source_file, _position, _record_type,
+                       _record_id, _record_version, ?
+                FROM {staging.STAGE} s WHERE _status IS NULL""",
+            [table.name, run_id],
+        )
+        rejected = con.execute(
+            f"SELECT _status, count(*) FROM {staging.STAGE} WHERE _status IS NOT NULL GROUP BY _status"
+        ).fetchall()
+        held = sum(n for code, n in rejected if code == staging.HELD)
+        if held:
+            keep = f"SELECT * FROM {staging.STAGE} WHERE _status = '{staging.HELD}'"
+            if table.name in self.held:
+                con.execute(f"INSERT INTO {_held(table.name)} {keep}")
+            else:
+                con.execute(f"CREATE TEMP TABLE {_held(table.name)} AS {keep}")
+                self.held.add(table.name)
+        con.execute(
+            f"""INSERT INTO {SIDE_SCHEMA}.quarantine
+                  (run_id, source_format, source_file, position, record_type, record_id, reason_code, reason)
+                SELECT ?, coalesce(_source_format, 'unknown'), coalesce(_source_file, 'unknown'), _position,
+                       _record_type, _record_id, _status, ? || ': ' || _reason
+                FROM {staging.STAGE} WHERE _status IS NOT NULL AND _status <> ?""",
+            [run_id, table.name, staging.HELD],
+        )
+        for code, n in rejected:
+            if code != staging.HELD:
+                _count(report.quarantined, code, n)
+        logger.info(
+            "%s: %d rows inserted, %d quarantined, %d held back",
+            table.name,
+            inserted,
+            sum(n for _, n in rejected) - held,
+            held,
+        )
+
+
+def _held(name: str) -> str:
+    return f"_passerelle_held__{name}"
+
+
 def _remove_records(
-    con: duckdb.DuckDBPyConnection,
-    tables: dict[str, pl.DataFrame],
-    deletions: pl.DataFrame,
-    report: LoadReport,
+    con: duckdb.DuckDBPyConnection, tables: dict[str, Path], deletions: Path, report: LoadReport
 ) -> None:
-    """Take out every row of the records this batch brings again or deletes, and their lineage."""
-    brought = [f.select(pl.col("_record_key").cast(pl.Utf8)) for f in tables.values()]
-    deleted = deletions.select(pl.col("_record_key").cast(pl.Utf8))
-    affected = pl.concat([*brought, deleted]).drop_nulls().unique()
-    report.records_loaded = pl.concat(brought).n_unique() if brought else 0
-    con.register("_affected_frame", affected)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {_AFFECTED} AS SELECT _record_key FROM _affected_frame")
-    con.unregister("_affected_frame")
-    con.register("_deleted_frame", deleted.unique())
-    report.records_deleted = con.execute(
-        f"""SELECT count(DISTINCT d._record_key) FROM _deleted_frame d
-            JOIN {SIDE_SCHEMA}.lineage l ON l.record_key = d._record_key"""
+    """Take out every row of the records this batch brings again or deletes, and their lineage.
+
+    Rows of earlier runs only: a record deleted by one batch and brought by another of the same run
+    keeps the rows brought, as within one batch; a record brought again by a later batch of the run
+    replaces its rows through their ids (``_Run._load_table``)."""
+    brought = " UNION ALL ".join(f"SELECT _record_key FROM {_parquet(p)}" for p in tables.values())
+    deleted = f"SELECT _record_key FROM {_parquet(deletions)}"
+    if brought:
+        report.records_loaded += con.execute(
+            f"SELECT count(DISTINCT _record_key) FROM ({brought})"
+        ).fetchall()[0][0]
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {_AFFECTED} AS
+            SELECT DISTINCT CAST(_record_key AS VARCHAR) AS _record_key
+            FROM ({brought + " UNION ALL " if brought else ""}{deleted}) WHERE _record_key IS NOT NULL"""
+    )
+    report.records_deleted += con.execute(
+        f"""SELECT count(DISTINCT d._record_key) FROM ({deleted}) d
+            JOIN {SIDE_SCHEMA}.lineage l ON l.record_key = d._record_key AND l.run_id <> ?""",
+        [report.run_id],
     ).fetchall()[0][0]
-    con.unregister("_deleted_frame")
-    ours = f"record_key IN (SELECT _record_key FROM {_AFFECTED})"
+    # run_id <> ?: DuckDB skips the row groups of this run's lineage (min = max = this run).
+    ours = f"run_id <> {int(report.run_id)} AND record_key IN (SELECT _record_key FROM {_AFFECTED})"
     touched = con.execute(f"SELECT DISTINCT omop_table FROM {SIDE_SCHEMA}.lineage WHERE {ours}").fetchall()
     for (name,) in touched:
         ids = f"SELECT omop_id FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND {ours}"
         _count(report.removed, name, _delete_rows(con, cdm_schema().table(name), ids, [name]))
-    con.execute(f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE {ours}")
+    if touched:
+        con.execute(f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE {ours}")
+
+
+def _parquet(path: Path) -> str:
+    return "read_parquet('" + str(path).replace("'", "''") + "')"
 
 
 def _delete_rows(con: duckdb.DuckDBPyConnection, table: Table, ids_sql: str, params: list) -> int:
@@ -168,61 +353,6 @@ def _delete_rows(con: duckdb.DuckDBPyConnection, table: Table, ids_sql: str, par
     identity = quoted(table.primary_key[0]) if table.primary_key else row_hash_sql(table, "t")
     deleted = con.execute(f"DELETE FROM main.{table.name} t WHERE {identity} IN ({ids_sql})", params)
     return deleted.fetchall()[0][0]
-
-
-def _load_table(
-    con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame, run_id: int, report: LoadReport
-) -> None:
-    counts = staging.StageCounts()
-    staging.stage(con, table, frame)
-    if "_key" in frame.columns:
-        staging.drop_superseded(con)
-    if table.primary_key:
-        report.new_ids[table.name] = staging.allocate_ids(con, table, run_id, SIDE_SCHEMA)
-        # A source key that moved to another record still owns its id: its old row goes.
-        accepted_ids = f"SELECT _id FROM {staging.STAGE} WHERE _status IS NULL"
-        _count(report.removed, table.name, _delete_rows(con, table, accepted_ids, []))
-        con.execute(
-            f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND omop_id IN ({accepted_ids})",
-            [table.name],
-        )
-    staging.resolve_references(con, table, SIDE_SCHEMA, counts)
-    staging.check_required(con, table)
-    staging.truncate_text(con, table, counts)
-    report.nulled_references.update(counts.nulled_references)
-    report.truncated.update(counts.truncated)
-
-    columns = ", ".join(quoted(c) for c in table.column_names)
-    values = ", ".join("_id" if c in table.primary_key else quoted(c) for c in table.column_names)
-    inserted = con.execute(
-        f"INSERT INTO main.{table.name} ({columns}) "
-        f"SELECT {values} FROM {staging.STAGE} WHERE _status IS NULL"
-    ).fetchall()[0][0]
-    _count(report.inserted, table.name, inserted)
-    identity = "s._id" if table.primary_key else row_hash_sql(table, "s")
-    con.execute(
-        f"""INSERT INTO {SIDE_SCHEMA}.lineage
-              (record_key, omop_table, omop_id, source_format, source_file, position, record_type,
-               record_id, record_version, run_id)
-            SELECT _record_key, ?, {identity}, _source_format, _source_file, _position, _record_type,
-                   _record_id, _record_version, ?
-            FROM {staging.STAGE} s WHERE _status IS NULL""",
-        [table.name, run_id],
-    )
-    rejected = con.execute(
-        f"""SELECT _status, count(*) FROM {staging.STAGE} WHERE _status IS NOT NULL GROUP BY _status"""
-    ).fetchall()
-    con.execute(
-        f"""INSERT INTO {SIDE_SCHEMA}.quarantine
-              (run_id, source_format, source_file, position, record_type, record_id, reason_code, reason)
-            SELECT ?, coalesce(_source_format, 'unknown'), coalesce(_source_file, 'unknown'), _position,
-                   _record_type, _record_id, _status, ? || ': ' || _reason
-            FROM {staging.STAGE} WHERE _status IS NOT NULL""",
-        [run_id, table.name],
-    )
-    for code, n in rejected:
-        _count(report.quarantined, code, n)
-    logger.info("%s: %d rows inserted, %d quarantined", table.name, inserted, sum(n for _, n in rejected))
 
 
 def _settle_orphans(con: duckdb.DuckDBPyConnection, run_id: int, report: LoadReport) -> None:
@@ -277,24 +407,23 @@ def _settle_orphans(con: duckdb.DuckDBPyConnection, run_id: int, report: LoadRep
             _count(report.quarantined, "orphaned_reference", kept)
 
 
-def _store_mapper_quarantine(
-    con: duckdb.DuckDBPyConnection, quarantine: pl.DataFrame, run_id: int, report: LoadReport
-) -> None:
-    if quarantine.is_empty():
+def _store_mapper_quarantine(con: duckdb.DuckDBPyConnection, quarantine: Path, report: LoadReport) -> None:
+    counts = con.execute(
+        f"SELECT coalesce(reason_code, 'unspecified'), count(*) FROM {_parquet(quarantine)} GROUP BY ALL"
+    ).fetchall()
+    if not counts:
         return
-    con.register(_QUARANTINE, quarantine)
     con.execute(
         f"""INSERT INTO {SIDE_SCHEMA}.quarantine
               (run_id, source_format, source_file, position, record_type, record_id, reason_code, reason)
             SELECT ?, coalesce(source_format, 'unknown'), coalesce(source_file, 'unknown'), position,
                    record_type, record_id, coalesce(reason_code, 'unspecified'),
                    coalesce(reason, 'no reason given by the mapper')
-            FROM {_QUARANTINE}""",
-        [run_id],
+            FROM {_parquet(quarantine)}""",
+        [report.run_id],
     )
-    con.unregister(_QUARANTINE)
-    for code, n in quarantine.group_by("reason_code").len().iter_rows():
-        _count(report.quarantined, code or "unspecified", n)
+    for code, n in counts:
+        _count(report.quarantined, code, n)
 
 
 def _write_run_log(
