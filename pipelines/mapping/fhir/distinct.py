@@ -38,8 +38,8 @@ class Distinct:
 def distinct_rows(frame: pl.DataFrame) -> Distinct | None:
     """The distinct rows of ``frame`` (every column counts) and where each row's value is; None when
     the two hashes disagree, the caller then evaluates every row."""
-    value = pl.struct(frame.columns) if frame.width > 1 else pl.col(frame.columns[0])
-    hashes = frame.select(value.hash(seed=11).alias("h"), value.hash(seed=1013).alias("check"))
+    leaves = [leaf for name, dtype in frame.schema.items() for leaf in _leaves(pl.col(name), dtype)]
+    hashes = frame.select(_combined(leaves, seed=11).alias("h"), _combined(leaves, seed=1013).alias("check"))
     h = hashes.get_column("h")
     firsts = h.is_first_distinct().arg_true()
     distinct = h.gather(firsts)
@@ -49,3 +49,23 @@ def distinct_rows(frame: pl.DataFrame) -> Distinct | None:
     if not bool((check.gather(firsts).gather(slots) == check).all()):
         return None
     return Distinct(firsts=firsts, slots=slots)
+
+
+def _leaves(expr: pl.Expr, dtype: pl.DataType) -> list[pl.Expr]:
+    """A struct as its fields, recursively, and whether it is null (a null struct is not a struct of
+    nulls): hashing the leaves one by one is 3-4x faster than hashing the struct (a Reference column of
+    947 k rows: 0.03 s against 0.1 s)."""
+    if isinstance(dtype, pl.Struct):
+        return [expr.is_null()] + [
+            leaf for field in dtype.fields for leaf in _leaves(expr.struct.field(field.name), field.dtype)
+        ]
+    return [expr]
+
+
+def _combined(leaves: list[pl.Expr], *, seed: int) -> pl.Expr:
+    """One 64-bit hash of the leaves: each hashed with its own seed, so equal values in two leaves
+    (or two leaves swapping values) do not cancel out."""
+    combined = leaves[0].hash(seed=seed)
+    for offset, leaf in enumerate(leaves[1:], start=1):
+        combined = combined ^ leaf.hash(seed=seed + offset)
+    return combined
