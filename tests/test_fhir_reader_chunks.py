@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from pipelines.mapping.batch import MappedBatch
-from pipelines.sources.fhir import iter_fhir_batches, map_fhir, reader
+from pipelines.sources.fhir import columnar, iter_fhir_batches, map_fhir, reader
 from pipelines.synthetic import generate
 from pipelines.vocab import Vocabulary, load_vocabulary
 
@@ -77,8 +77,7 @@ def _summed(batches: list[MappedBatch], books: str) -> Counter:
     return total
 
 
-def test_batches_add_up_to_one_map(sources, shared, vocab, monkeypatch):
-    monkeypatch.setattr(reader, "_CHECK_EVERY", 10)  # let a batch end inside the NDJSON files too
+def test_batches_add_up_to_one_map(sources, shared, vocab):
     paths = [sources / "fhir", shared / "samples/fhir/synthea_r4_bundles"]
     whole = map_fhir(paths, vocab)
     batches = list(iter_fhir_batches(paths, vocab, max_resources=60))
@@ -116,8 +115,7 @@ def test_one_batch_when_the_budget_is_large(sources, vocab):
     assert batch.tables["measurement"].equals(whole.tables["measurement"])
 
 
-def test_conditional_reference_to_a_patient_of_an_earlier_batch_resolves(tmp_path, vocab, monkeypatch):
-    monkeypatch.setattr(reader, "_CHECK_EVERY", 1)
+def test_conditional_reference_to_a_patient_of_an_earlier_batch_resolves(tmp_path, vocab):
     patients = [
         {
             "resourceType": "Patient",
@@ -149,3 +147,104 @@ def test_conditional_reference_to_a_patient_of_an_earlier_batch_resolves(tmp_pat
     assert len(batches) == 3 and "person" not in measured[-1].tables  # Patients all in earlier batches
     refs = pl.concat([b.tables["measurement"] for b in measured]).sort("_record_id")["_ref__person_id"]
     assert refs.to_list() == [f"fhir|Patient/p{i}" for i in range(6)]
+
+
+# --- the fast path (Arrow over the source bytes) gives what the exact path (msgspec) gives --------
+
+
+def _exact(monkeypatch) -> None:
+    def refuse(data, kind, rows):
+        raise columnar.Unsound("the exact path, for comparison")
+
+    monkeypatch.setattr(columnar, "parse_block", refuse)
+
+
+def _assert_same(fast, exact) -> None:
+    assert fast.resources.keys() == exact.resources.keys()
+    for kind, frame in exact.resources.items():
+        assert fast.resources[kind].equals(frame), kind
+    assert fast.inputs == exact.inputs and fast.filtered == exact.filtered
+    assert fast.quarantine.equals(exact.quarantine)
+    assert fast.full_urls.equals(exact.full_urls) and fast.identifiers.equals(exact.identifiers)
+    assert fast.deletions.equals(exact.deletions)
+
+
+def _observation(i: int, **extra) -> dict:
+    return {
+        "resourceType": "Observation",
+        "id": f"o{i}",
+        "meta": {"versionId": "" if i % 7 == 0 else str(i % 3), "lastUpdated": "2024-01-02T03:04:05Z"},
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}], "text": "x" * (i % 5)},
+        "subject": {"reference": f"Patient/p{i % 9}"},
+        "valueQuantity": {"value": 120.5 + i, "unit": "mmHg"},
+        "component": [{"valueInteger": i}],
+        "note": [{"text": "not read"}],
+        **extra,
+    }
+
+
+# Lines the exact path refuses (or reads differently) while Arrow alone would accept them or fail the block.
+_AWKWARD_LINES = [
+    b'{"resourceType":"Observation","id":"nan","note":NaN}',  # NaN in an element the Struct skips
+    json.dumps(_observation(1, id="bigint", valueInteger=2**40)).encode(),
+    json.dumps(_observation(1, id="nullitem", category=[None])).encode(),
+    json.dumps(_observation(1, id="numstr", status=5)).encode(),
+    json.dumps(_observation(1, id="inf")).replace("121.5", "1e400").encode(),
+    b"",  # a blank line
+    b'{"resourceType":"Observation","id":"a"} {"resourceType":"Observation","id":"b"}',
+    b'{"resourceType":"Patient","id":"in-the-wrong-file"}',
+    b'{"resourceType":"Observation"}',  # no id
+    b'{"resourceType":"Observation","id":"o1","status":"a","status":"b"}',  # a duplicate key
+    b'{"resourceType":"Observation","id":"cut","status":"fin',
+    b'{"exportId":"e","eventId":"x"}',
+    b"[1, 2]",
+]
+
+
+def test_fast_path_equals_the_exact_path_on_awkward_ndjson(tmp_path, monkeypatch):
+    lines = [json.dumps(_observation(i)).encode() for i in range(3000)]
+    for n, awkward in enumerate(_AWKWARD_LINES):
+        lines.insert(97 + n * 211, awkward)
+    (tmp_path / "Observation.ndjson").write_bytes(
+        b"\xef\xbb\xbf" + b"\n".join(lines)
+    )  # BOM, no final newline
+    (tmp_path / "Clean.ndjson").write_bytes(b"\n".join(lines[:50]) + b"\n")
+    fast = reader.read_fhir([tmp_path])
+    _exact(monkeypatch)
+    exact = reader.read_fhir([tmp_path])
+
+    _assert_same(fast, exact)
+    # 3,000 good lines (Clean.ndjson repeats 50 of them; a line with a duplicate key repeats o1)
+    assert exact.resources["Observation"].height == 3000 and exact.quarantine.height == 9
+    assert set(exact.quarantine["reason_code"]) == {
+        "malformed_json",
+        "invalid_element",
+        "missing_id",
+        "not_a_resource",
+    }
+
+
+def test_fast_path_equals_the_exact_path_on_bundles(sources, shared, tmp_path, monkeypatch):
+    entries = [
+        {"fullUrl": f"urn:uuid:u{i}", "resource": _observation(i), "request": {"method": "POST"}}
+        for i in range(400)
+    ]
+    entries[5]["resource"].pop("id")  # named by its fullUrl
+    entries[6]["request"] = {"method": "GET", "url": "Observation?code=x"}
+    entries[7] = {"fullUrl": "urn:uuid:none"}  # no resource
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    (tmp_path / "pretty.json").write_text(json.dumps(bundle, indent=2))
+    entries[9]["resource"]["category"] = [None]  # the exact path quarantines this entry
+    (tmp_path / "awkward.json").write_text(json.dumps(bundle))
+    paths = [sources / "fhir", shared / "samples/fhir", tmp_path]
+    fast = reader.read_fhir(paths)
+    _exact(monkeypatch)
+    exact = reader.read_fhir(paths)
+
+    _assert_same(fast, exact)
+    assert "fhir|Observation/u5" in set(exact.resources["Observation"]["_record_key"])
+    assert exact.quarantine.filter(pl.col("record_id") == "o9")["reason_code"].to_list() == [
+        "invalid_element"
+    ]

@@ -28,7 +28,7 @@ Str = str | None
 Int = typing.Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 
 
-class _Element(msgspec.Struct, kw_only=True):
+class _Element(msgspec.Struct, kw_only=True, omit_defaults=True):
     pass
 
 
@@ -127,7 +127,7 @@ class Actor(_Element):
     actor: Reference | None = None
 
 
-class _Resource(msgspec.Struct, kw_only=True, tag_field="resourceType"):
+class _Resource(msgspec.Struct, kw_only=True, tag_field="resourceType", omit_defaults=True):
     id: Str = None
     meta: Meta | None = None
 

@@ -20,8 +20,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import polars as pl
@@ -30,7 +30,7 @@ import pyarrow.json as pa_json
 
 from pipelines.errors import PasserelleError
 from pipelines.mapping.batch import DELETION_SCHEMA, QUARANTINE_SCHEMA
-from pipelines.sources.fhir import model
+from pipelines.sources.fhir import columnar, model
 
 _SUFFIXES = (".json", ".ndjson", ".ndjson.gz", ".json.gz")
 # Bundle types whose entries are a server's answer, not records to load (FHIR R4 Bundle.type).
@@ -45,8 +45,12 @@ _encoder = msgspec.json.Encoder()
 # several times the memory as Python objects that it takes in Arrow, so chunking keeps the reader's
 # memory growing with the frames, not with the Structs (measured in docs/performance.md).
 _CHUNK = 20_000
-# How often (in NDJSON lines) a batched read checks whether its batch is full.
-_CHECK_EVERY = 1_000
+# NDJSON is read in blocks of about this many bytes, each parsed by Arrow in one call (its threads
+# split it further); a block that is not sound is halved down to _EXACT_LINES lines, read line by line.
+_BLOCK_BYTES = 16 << 20
+_EXACT_LINES = 256
+# Bundle files smaller than this go the exact way: Arrow's per-call cost would outweigh the gain.
+_FAST_BUNDLE_BYTES = 64 << 10
 
 
 class _LogEvent(msgspec.Struct):
@@ -57,6 +61,22 @@ class _LogEvent(msgspec.Struct):
 
 
 _log_event = msgspec.json.Decoder(_LogEvent)
+
+
+class _EntryHead(msgspec.Struct):
+    """What the fast path needs to know of a Bundle entry before parsing its resource."""
+
+    resource: model.Envelope | None = None
+    request: model.BundleRequest | None = None
+
+
+class _BundleHeads(msgspec.Struct):
+    resourceType: str
+    entry: list[_EntryHead] | None = None
+
+
+_raw_bundle = msgspec.json.Decoder(model.Bundle)  # entries' resources as raw bytes
+_bundle_heads = msgspec.json.Decoder(_BundleHeads)
 
 
 @dataclass
@@ -159,6 +179,7 @@ class _Staging:
         self.quarantine: list[tuple] = []
         self.deletions: list[tuple[str, str, str]] = []
         self.full_urls: list[tuple[int, str, str]] = []
+        self.full_url_frames: list[pl.DataFrame] = []
         self.inputs: Counter[str] = Counter()
         self.filtered: Counter[str] = Counter()
 
@@ -180,29 +201,27 @@ class _Staging:
     # --- files ------------------------------------------------------------------------------
 
     def read_file(self, path: Path, max_records: int | None = None) -> Iterator[None]:
-        """Read one file; NDJSON is streamed line by line, so a huge export never sits whole in
-        memory. Yields (outside the collector pause) each time the batch holds ``max_records``:
-        between two NDJSON lines, or after the file; the caller then ``cut``s the batch. A file that
-        breaks off (a truncated gzip) keeps what was read and quarantines the rest."""
+        """Read one file. NDJSON is streamed in blocks of lines, so a huge export never sits whole in
+        memory; a Bundle file is read whole. Sound blocks and Bundles take the fast path
+        (``columnar``), anything else the exact one, record by record. Yields (outside the collector
+        pause) each time the batch holds ``max_records``: between two NDJSON blocks, or after the
+        file; the caller then ``cut``s the batch. A file that breaks off (a truncated gzip) keeps what
+        was read and quarantines the rest."""
         name, lower = str(path), path.name.lower()
         self.position = 0
         try:
             if lower.endswith((".ndjson", ".ndjson.gz")):
                 opener = gzip.open if lower.endswith(".gz") else open
                 with opener(path, "rb") as stream:
-                    lines = enumerate(stream, start=1)
-                    while True:
-                        with _gc_paused():
-                            full = self._read_lines(lines, name, max_records)
-                        if not full:
-                            break
-                        yield
+                    yield from self._read_ndjson(stream, name, max_records)
             else:
                 data = path.read_bytes()
                 if lower.endswith(".gz"):
                     data = gzip.decompress(data)
+                data = data.removeprefix(_BOM)
                 with _gc_paused():
-                    self.read_document(data.removeprefix(_BOM), name)
+                    if not self._read_bundle_fast(data, name):
+                        self.read_document(data, name)
         except (OSError, EOFError, zlib.error) as error:
             position = self.position
             self._quarantine(
@@ -216,17 +235,155 @@ class _Staging:
         if max_records and self.records() >= max_records:
             yield
 
-    def _read_lines(self, lines: Iterator[tuple[int, bytes]], name: str, max_records: int | None) -> bool:
-        """Read NDJSON lines until the end (False) or until the batch is full (True)."""
-        for position, line in lines:
-            self.position = position
-            if position == 1:
-                line = line.removeprefix(_BOM)
+    def _read_ndjson(self, stream: BinaryIO, name: str, max_records: int | None) -> Iterator[None]:
+        pending: list[bytes] = []
+        broken: BaseException | None = None
+        while pending or broken is None:
+            if not pending:
+                pending, broken = _next_lines(stream)
+                if not pending:
+                    break
+                if self.position == 0:
+                    pending[0] = pending[0].removeprefix(_BOM)
+            block = pending
+            if max_records:
+                room = max_records - self.records()
+                if room <= 0:
+                    yield
+                    continue
+                block, pending = pending[:room], pending[room:]
+            else:
+                pending = []
+            with _gc_paused():
+                self._read_lines(block, name, self.position + 1)
+            self.position += len(block)
+        if broken is not None:
+            raise broken
+
+    def _read_lines(self, lines: list[bytes], name: str, first: int) -> None:
+        """NDJSON lines ``first``, ``first + 1``...: in one Arrow parse when they are sound; else in
+        halves, down to blocks small enough to read line by line (a bad line costs a few parses)."""
+        kind = _ndjson_kind(lines)
+        if kind is not None:
+            try:
+                self._take_ndjson_block(b"".join(lines), kind, len(lines), name, first)
+                return
+            except columnar.Unsound:
+                pass
+        if len(lines) > _EXACT_LINES:
+            half = len(lines) // 2
+            self._read_lines(lines[:half], name, first)
+            self._read_lines(lines[half:], name, first + half)
+            return
+        for position, line in enumerate(lines, start=first):
             if line.strip():
                 self.read_record(line, name, position, self._new_scope())
-            if max_records and position % _CHECK_EVERY == 0 and self.records() >= max_records:
-                return True
-        return False
+
+    def _take_ndjson_block(self, data: bytes, kind: str, rows: int, name: str, first: int) -> None:
+        frame = columnar.parse_block(data, kind, rows)
+        ids = frame.get_column("id")
+        if ids.null_count() or (ids == "").any():
+            raise columnar.Unsound("a record without id")  # the exact path quarantines it
+        scope = self.scopes + 1
+        self.scopes += rows
+        self.add_frame(
+            kind,
+            _with_lineage(
+                frame,
+                kind,
+                file=name,
+                position=pl.int_range(first, first + rows, dtype=pl.Int64),
+                record_id=pl.col("id"),
+                version=_VERSION,
+                scope=pl.int_range(scope, scope + rows, dtype=pl.Int64),
+            ),
+        )
+
+    def _read_bundle_fast(self, data: bytes, name: str) -> bool:
+        """A Bundle file of resources to load (no DELETE, no nested Bundle, not a server's reply or a
+        history): each resource type's entries parsed in one go. False when the file needs the exact
+        path; then nothing of it has been kept."""
+        if len(data) < _FAST_BUNDLE_BYTES:
+            return False
+        if b"\n" in data or b"\r" in data:  # pretty-printed: one line per entry for Arrow
+            try:
+                data = msgspec.json.format(data, indent=0)
+            except msgspec.DecodeError:
+                return False
+        try:
+            heads = _bundle_heads.decode(data)
+            bundle = _raw_bundle.decode(data)
+        except msgspec.DecodeError:
+            return False
+        if heads.resourceType != "Bundle" or bundle.type in _RESPONSE_BUNDLES or bundle.type == "history":
+            return False
+        entries = bundle.entry or []
+        structs = model.resource_structs()
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, head in enumerate(heads.entry or []):
+            request = head.request
+            method = (request.method or "").upper() if request else ""
+            if method == "DELETE":
+                return False
+            if method in _QUERY_METHODS or head.resource is None:
+                continue
+            kind = head.resource.resourceType
+            if not isinstance(kind, str) or kind not in structs or kind == "Bundle":
+                return False
+            groups[kind].append(index)
+        parsed = []
+        for kind, indexes in groups.items():
+            try:
+                frame = columnar.parse_block(
+                    b"\n".join([entries[i].resource for i in indexes]), kind, len(indexes)
+                )
+            except columnar.Unsound:
+                return False
+            urls = pl.Series("fullUrl", [entries[i].fullUrl for i in indexes], dtype=pl.Utf8)
+            record_ids = _bundle_record_ids(frame.get_column("id"), urls)
+            if record_ids is None:
+                return False
+            parsed.append((kind, frame, pl.Series("_position", indexes, dtype=pl.Int64), urls, record_ids))
+        scope = self._new_scope()
+        full_urls = []
+        for kind, frame, positions, urls, record_ids in parsed:
+            frame = _with_lineage(
+                frame,
+                kind,
+                file=name,
+                position=positions,
+                record_id=record_ids,
+                version=_VERSION,
+                scope=pl.lit(scope, dtype=pl.Int64),
+            )
+            self.add_frame(kind, frame)
+            full_urls.append(
+                frame.select("_position", "_record_key")
+                .with_columns(urls.alias("url"))
+                .filter(pl.col("url").is_not_null() & (pl.col("url") != ""))
+            )
+        if full_urls:
+            self.add_full_urls(
+                pl.concat(full_urls)
+                .sort("_position")
+                .select(
+                    pl.lit(scope, dtype=pl.Int64).alias("_scope"), "url", pl.col("_record_key").alias("key")
+                )
+            )
+        return True
+
+    def add_frame(self, kind: str, frame: pl.DataFrame) -> None:
+        """Rows read by the fast path, after whatever the exact path holds of that type."""
+        columns = self.columns[kind]
+        columns.flush(kind)
+        columns.frames.append(frame)
+        self.inputs[kind] += frame.height
+
+    def add_full_urls(self, frame: pl.DataFrame) -> None:
+        if self.full_urls:
+            self.full_url_frames.append(_full_url_frame(self.full_urls))
+            self.full_urls = []
+        self.full_url_frames.append(frame)
 
     def _new_scope(self) -> int:
         self.scopes += 1
@@ -402,9 +559,7 @@ class _Staging:
         )
         return StagedFhir(
             resources=resources,
-            full_urls=pl.DataFrame(
-                self.full_urls, schema={"_scope": pl.Int64, "url": pl.Utf8, "key": pl.Utf8}, orient="row"
-            ),
+            full_urls=pl.concat([*self.full_url_frames, _full_url_frame(self.full_urls)]),
             identifiers=identifiers,
             quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA, orient="row"),
             deletions=deletions,
@@ -422,40 +577,93 @@ def _frame(kind: str, columns: _Columns) -> pl.DataFrame:
     table = pa_json.read_json(
         pa.py_buffer(_encoder.encode_lines(columns.structs)),
         parse_options=pa_json.ParseOptions(
-            explicit_schema=_arrow_schema(struct), unexpected_field_behavior="ignore"
+            explicit_schema=columnar.arrow_schema(struct), unexpected_field_behavior="ignore"
         ),
     )
-    frame = pl.from_arrow(table)
+    return _with_lineage(
+        pl.from_arrow(table),
+        kind,
+        file=pl.Series(columns.file, dtype=pl.Utf8),
+        position=pl.Series(columns.position, dtype=pl.Int64),
+        record_id=pl.Series(columns.record_id, dtype=pl.Utf8),
+        version=pl.Series(columns.version, dtype=pl.Utf8),
+        scope=pl.Series(columns.scope, dtype=pl.Int64),
+    )
+
+
+def _with_lineage(
+    frame: pl.DataFrame,
+    kind: str,
+    *,
+    file: str | pl.Series,
+    position: pl.Expr | pl.Series,
+    record_id: pl.Expr | pl.Series,
+    version: pl.Expr | pl.Series,
+    scope: pl.Expr | pl.Series,
+) -> pl.DataFrame:
+    """The staged frame: the Struct's columns, then the lineage columns, in this order."""
+    file = pl.lit(file, dtype=pl.Utf8) if isinstance(file, str) else file
     return frame.with_columns(
-        pl.Series("_source_file", columns.file, dtype=pl.Utf8),
-        pl.Series("_position", columns.position, dtype=pl.Int64),
+        file.alias("_source_file"),
+        position.alias("_position"),
         pl.lit(kind, dtype=pl.Utf8).alias("_record_type"),
-        pl.Series("_record_id", columns.record_id, dtype=pl.Utf8),
-        pl.Series("_record_version", columns.version, dtype=pl.Utf8),
-        pl.Series("_scope", columns.scope, dtype=pl.Int64),
+        record_id.alias("_record_id"),
+        version.alias("_record_version"),
+        scope.alias("_scope"),
     ).with_columns(pl.format("fhir|{}/{}", "_record_type", "_record_id").alias("_record_key"))
 
 
-@cache
-def _arrow_schema(struct: type[msgspec.Struct]) -> pa.Schema:
-    """The Struct's Polars schema in Arrow's JSON reader's types (no large_* types: it rejects them)."""
-    return pa.schema([(name, _arrow_type(dtype)) for name, dtype in model.polars_schema(struct).items()])
+# The exact path's ``meta.versionId or meta.lastUpdated``: an empty versionId counts as none.
+_VERSION = (
+    pl.when(pl.col("meta").struct.field("versionId") != "")
+    .then(pl.col("meta").struct.field("versionId"))
+    .otherwise(pl.col("meta").struct.field("lastUpdated"))
+)
 
 
-def _arrow_type(dtype: pl.DataType) -> pa.DataType:
-    if isinstance(dtype, pl.List):
-        return pa.list_(_arrow_type(dtype.inner))
-    if isinstance(dtype, pl.Struct):
-        return pa.struct([(f.name, _arrow_type(f.dtype)) for f in dtype.fields])
-    return _ARROW_SCALARS[dtype.base_type()]
+def _bundle_record_ids(ids: pl.Series, urls: pl.Series) -> pl.Series | None:
+    """``resource.id or`` the id in its fullUrl, as the exact path names a record; None when some
+    record has neither (the exact path quarantines it)."""
+    missing = ids.is_null() | (ids == "")
+    if not missing.any():
+        return ids
+    names = ids.to_list()
+    for row in missing.arg_true().to_list():
+        names[row] = _id_from_url(urls[row])
+        if not names[row]:
+            return None
+    return pl.Series(names, dtype=pl.Utf8)
 
 
-_ARROW_SCALARS = {
-    pl.String: pa.string(),
-    pl.Float64: pa.float64(),
-    pl.Int64: pa.int64(),
-    pl.Boolean: pa.bool_(),
-}
+def _full_url_frame(rows: list[tuple[int, str, str]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema={"_scope": pl.Int64, "url": pl.Utf8, "key": pl.Utf8}, orient="row")
+
+
+def _next_lines(stream: BinaryIO) -> tuple[list[bytes], BaseException | None]:
+    """The next lines, about ``_BLOCK_BYTES`` of them, and the error that stopped the reading if
+    any: the lines before a break are still read, as the exact path did line by line."""
+    lines: list[bytes] = []
+    size = 0
+    try:
+        for line in stream:
+            lines.append(line)
+            size += len(line)
+            if size >= _BLOCK_BYTES:
+                break
+    except (OSError, EOFError, zlib.error) as error:
+        return lines, error
+    return lines, None
+
+
+def _ndjson_kind(lines: list[bytes]) -> str | None:
+    """The resource type of a block, from its first line, when the fast path can read that type."""
+    try:
+        kind = _envelope.decode(lines[0]).resourceType
+    except msgspec.DecodeError:
+        return None
+    if isinstance(kind, str) and kind != "Bundle" and kind in model.resource_structs():
+        return kind
+    return None
 
 
 def _identifiers(resources: dict[str, pl.DataFrame]) -> pl.DataFrame:
