@@ -9,6 +9,7 @@ case identifiers or, failing those, from each composition's context (docs/openeh
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -23,8 +24,10 @@ from pipelines.mapping.batch import QUARANTINE_SCHEMA, MappedBatch
 from pipelines.mapping.omocl.grammar import load_catalogue
 from pipelines.project_files import data_dir
 from pipelines.sources.openehr.collect import Collector, Found
+from pipelines.sources.openehr.flatten import FlatComposition
 from pipelines.sources.openehr.persons import person_rows
 from pipelines.sources.openehr.reader import COMPOSITION, EHR_STATUS, read_compositions
+from pipelines.sources.openehr.spill import Spill, bucket, bucket_ranges
 from pipelines.sources.openehr.tables import clinical_tables
 from pipelines.sources.openehr.visits import visit_rows
 from pipelines.vocab import Vocabulary
@@ -77,11 +80,37 @@ def iter_openehr_batches(
     if max_compositions < 1:
         raise PasserelleError(f"max_compositions must be at least 1, not {max_compositions}")
     collector = _collector(mapping_dirs)
-    scan = read_compositions(paths, collector, time_zone=time_zone)
-    found = collector.found().where(pl.col("sequence").is_in(scan.compositions["sequence"].implode()))
-    whole = _Part(found, scan.ehrs, scan.quarantine, scan.inputs, scan.superseded)
-    for part in _split_by_ehr(whole, max_compositions):
-        yield _map(part, vocab)
+    with tempfile.TemporaryDirectory(prefix="passerelle-openehr-") as folder:
+        spill = Spill(Path(folder))
+
+        def keep(sequence: int, row: dict, flat: FlatComposition) -> None:
+            collector(sequence, row, flat)
+            if len(collector) >= _FLUSH_COMPOSITIONS:
+                spill.write(collector.found())
+
+        scan = read_compositions(paths, keep, time_zone=time_zone)
+        spill.write(collector.found())
+        kept = pl.col("sequence").is_in(scan.compositions["sequence"].implode())
+        ehrs = scan.ehrs.with_columns(bucket())
+        others = scan.inputs.get(COMPOSITION, 0) - scan.compositions.height  # quarantined, superseded
+        ranges = bucket_ranges(spill.compositions_per_bucket(kept), max_compositions)
+        for number, (low, high) in enumerate(ranges):
+            found = spill.read(low, high).where(kept)
+            inputs = {COMPOSITION: found.compositions.height}
+            if number == 0:  # what belongs to no EHR goes with the first batch
+                inputs = {**scan.inputs, COMPOSITION: found.compositions.height + others}
+            part = _Part(
+                found=found,
+                ehrs=ehrs.filter(pl.col("bucket").is_between(low, high, closed="left")).drop("bucket"),
+                quarantine=scan.quarantine if number == 0 else scan.quarantine.clear(),
+                inputs={k: v for k, v in inputs.items() if v or k in scan.inputs},
+                superseded=scan.superseded if number == 0 else 0,
+            )
+            yield _map(part, vocab)
+
+
+# compositions collected between two writes to the spill: some 10 MB of candidate rows
+_FLUSH_COMPOSITIONS = 10_000
 
 
 def _collector(mapping_dirs: list[Path] | None) -> Collector:
@@ -98,37 +127,6 @@ class _Part:
     quarantine: pl.DataFrame
     inputs: dict[str, int]
     superseded: int
-
-
-def _split_by_ehr(whole: _Part, max_compositions: int) -> Iterator[_Part]:
-    """The read in parts of whole EHRs, about ``max_compositions`` compositions each. The first part
-    also carries what belongs to no EHR: the reader's quarantine, files, statuses, superseded versions."""
-    compositions = whole.found.compositions
-    per_ehr = whole.ehrs.join(
-        compositions.group_by("ehr_id").len(), on="ehr_id", how="left", maintain_order="left"
-    ).with_columns(pl.col("len").fill_null(0))
-    groups: list[list[str]] = [[]]
-    size = 0
-    for ehr_id, count in per_ehr.select("ehr_id", "len").iter_rows():
-        if groups[-1] and size + count > max_compositions:
-            groups.append([])
-            size = 0
-        groups[-1].append(ehr_id)
-        size += count
-    for number, group in enumerate(groups):
-        of_group = pl.col("ehr_id").is_in(pl.Series(group, dtype=pl.Utf8).implode())
-        found = whole.found.where(of_group)
-        inputs = {COMPOSITION: found.compositions.height}
-        if number == 0:
-            others = whole.inputs.get(COMPOSITION, 0) - compositions.height
-            inputs = {**whole.inputs, COMPOSITION: found.compositions.height + others}
-        yield _Part(
-            found=found,
-            ehrs=whole.ehrs.filter(of_group),
-            quarantine=whole.quarantine if number == 0 else whole.quarantine.clear(),
-            inputs={k: v for k, v in inputs.items() if v or k in whole.inputs},
-            superseded=whole.superseded if number == 0 else 0,
-        )
 
 
 def _map(part: _Part, vocab: Vocabulary) -> MappedBatch:

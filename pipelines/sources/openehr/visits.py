@@ -39,7 +39,7 @@ def visit_rows(candidates: pl.DataFrame, tables: dict, settings: dict) -> tuple[
         "source_file",
         "position",
         "composition_version",
-    ).unique("composition_uid", keep="first")
+    ).unique("composition_uid", keep="first", maintain_order=True)  # a visit's lineage: its first composition
     real = (
         candidates.filter(pl.col("omocl_type") == "Visit")
         .group_by("composition_uid", maintain_order=True)
