@@ -42,3 +42,13 @@ def test_times_without_offset_are_read_in_the_configured_zone(monkeypatch: pytes
     assert rows["datetime"].to_list() == [datetime(2021, 7, 1, 10), None, datetime(2021, 7, 1, 12)]
     # 02:30 on 28 March 2021 does not exist in Paris (clocks jump from 02:00 to 03:00)
     assert rows["impossible"].to_list() == [False, True, False]
+
+
+def test_repeated_strings_each_get_their_own_value() -> None:
+    # parse reads each distinct string once and puts the result back on every row that has it
+    texts = [case[0] for case in CASES]
+    column = texts + texts[::-1] + texts
+    rows = parse(pl.Series(column, dtype=pl.Utf8), time_zone="UTC").rows()
+    one_by_one = [parse(pl.Series([text], dtype=pl.Utf8), time_zone="UTC").row(0) for text in column]
+    assert rows == one_by_one
+    assert rows[0] == (date(2019, 1, 1), None, "year", False)

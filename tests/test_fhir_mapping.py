@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.cdm.spec import cdm_schema
 from pipelines.mapping.batch import MappedBatch
+from pipelines.mapping.fhir.distinct import distinct_rows
 from pipelines.sources.fhir import map_fhir
 from pipelines.vocab import Vocabulary, load_vocabulary
 
@@ -402,3 +403,26 @@ def test_type_concept_follows_the_category(tmp_path: Path, vocab: Vocabulary) ->
         ("lab", 32856),
         ("plain", 32817),
     ]
+
+
+def test_distinct_rows_tell_a_missing_struct_from_a_struct_of_nulls() -> None:
+    reference = pl.Struct({"reference": pl.Utf8, "type": pl.Utf8})
+    frame = pl.DataFrame(
+        {
+            "scope": [1, 1, None, 1, None, 2],
+            "ref": [
+                {"reference": "Patient/1"},
+                None,
+                {"reference": None},
+                {"reference": "Patient/1"},
+                None,
+                None,
+            ],
+        },
+        schema={"scope": pl.Int64, "ref": reference},
+    )
+    found = distinct_rows(frame)
+    assert found is not None
+    assert found.firsts.to_list() == [0, 1, 2, 4, 5]
+    assert found.slots.to_list() == [0, 1, 2, 0, 3, 4]
+    assert found.spread(frame.gather(found.firsts)).equals(frame)

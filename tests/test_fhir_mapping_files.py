@@ -91,3 +91,26 @@ def test_paths_read_nested_elements_list_items_and_filters() -> None:
     assert frame.select(compile_path("extension[1].url")).to_series().to_list() == ["b", None]
     with pytest.raises(PathError):
         compile_path("extension[url=b]")
+
+
+def test_paths_read_fields_inside_lists_with_missing_items_null() -> None:
+    coding = pl.Struct({"system": pl.Utf8, "code": pl.Utf8})
+    frame = pl.DataFrame(
+        {
+            "category": [
+                [{"coding": [{"system": "s", "code": "laboratory"}, {"system": "t", "code": "x"}]}],
+                [{"coding": []}, {"coding": [{"system": "s", "code": "vital-signs"}]}],
+                [{"coding": None}],
+                [None],
+                [],
+                None,
+            ]
+        },
+        schema={"category": pl.List(pl.Struct({"coding": pl.List(coding)}))},
+    )
+    first_code = frame.select(compile_path("category[0].coding[0].code")).to_series().to_list()
+    assert first_code == ["laboratory", None, None, None, None, None]
+    second = frame.select(compile_path("category[1].coding[0].system")).to_series().to_list()
+    assert second == [None, "s", None, None, None, None]
+    matched = frame.select(compile_path("category[0].coding[system='t'].code")).to_series().to_list()
+    assert matched == ["x", None, None, None, None, None]
