@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import multiprocessing
+import queue as queue_module
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
 
 from pipelines.errors import PasserelleError
-from pipelines.mapping.batch import MappedBatch
+from pipelines.mapping.batch import MappedBatch, read_batch, write_batch
+
+if TYPE_CHECKING:
+    from pipelines.vocab import Vocabulary
+    from pipelines.warehouse import LoadReport
 
 
 @dataclass
@@ -27,6 +36,9 @@ class RunOptions:
     omocl: list[Path] = field(default_factory=list)  # extra OMOCL mapping folders
     extraction_date: date | None = None
     quality_out: Path | None = None  # write the DQ results here; None: skip the checks
+    # FHIR resources per batch (openEHR: a fifth as many compositions). The run holds one batch at a
+    # time, so this bounds its memory whatever the size of the input.
+    batch_resources: int = 250_000
 
 
 @dataclass
@@ -48,14 +60,12 @@ class RunSummary:
 Progress = Callable[[str], None]
 
 
-STEPS = ("vocabulary", "FHIR", "openEHR", "load", "derived tables", "exports", "quality checks")
+STEPS = ("vocabulary", "read, map and load", "derived tables", "exports", "quality checks")
 
 
 def planned_steps(options: RunOptions) -> list[str]:
     """The steps ``run_pipeline`` will take with these options, in order (for progress bars)."""
     skip = {
-        "FHIR": not options.fhir,
-        "openEHR": not options.openehr,
         "exports": options.parquet is None and options.postgres is None,
         "quality checks": options.quality_out is None,
     }
@@ -92,35 +102,19 @@ def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSu
         vocab = load_vocabulary(options.vocab)
         summary.vocabulary_version = vocab.version
 
-    batch = MappedBatch()
-    openehr = map_openehr_in_background(options)  # None: mapped here, after FHIR
-    if options.fhir:
-        from pipelines.sources.fhir import map_fhir
-
-        with step("FHIR"):
-            batch = batch.merge(map_fhir(options.fhir, vocab))
-    if options.openehr:
-        from pipelines.sources.openehr import map_openehr
-
-        with step("openEHR"):  # in the background: the time left to wait once FHIR is done
-            mapped = (
-                openehr.result()
-                if openehr
-                else map_openehr(options.openehr, vocab, mapping_dirs=options.omocl or None)
-            )
-            batch = batch.merge(mapped)
-    summary.inputs, summary.mapped, summary.filtered = batch.inputs, batch.mapped, batch.filtered
-    _record_coverage(summary, batch, vocab, options)
-
-    from pipelines.warehouse import export_cdm, load_batch, open_targets
+    from pipelines.warehouse import export_cdm, open_targets
     from pipelines.warehouse.targets import system_of_record
 
-    with step("load"):
+    with step("read, map and load"):
         targets = open_targets(options.warehouse, options.parquet, options.postgres)
+        tally = Tally(vocab)
         # Exports wait for the derived tables, so they carry the whole CDM.
-        report = load_batch(batch, targets, vocab=vocab, export=False)
+        report = load_sources(options, vocab, targets, tally)
+        summary.inputs, summary.mapped, summary.filtered = tally.inputs, tally.mapped, tally.filtered
         summary.rows = dict(report.rows)
         summary.quarantined = dict(report.quarantined)
+        summary.timings.update(tally.timings)  # making the batches; the rest of the step is the load
+    _record_coverage(summary, tally.coverage(), options)
     warehouse = system_of_record(targets).path
     summary.outputs["warehouse"] = str(warehouse)
 
@@ -148,29 +142,197 @@ def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunSu
     return summary
 
 
-def map_openehr_in_background(options: RunOptions) -> Future[MappedBatch] | None:
-    """Start mapping the openEHR sources in a second process, so that FHIR maps on the other core.
+class Tally:
+    """What the batches of a run add up to: the mappers' accounting, the coverage counts of the mapped
+    rows, and the seconds spent making the batches (the rest of the streamed step is the load)."""
 
-    Both mappers are CPU-bound (Python and Polars) and write nothing; the warehouse load, DuckDB's
-    single writer, starts after both. None when there is nothing to overlap or too little openEHR to
-    pay for a second interpreter. The process is spawned, not forked: a fork of a process whose
-    Polars threads hold locks can hang.
+    def __init__(self, vocab: Vocabulary) -> None:
+        self.vocab = vocab
+        self.inputs: dict[str, int] = {}
+        self.mapped: dict[str, int] = {}
+        self.filtered: dict[str, int] = {}
+        self.timings: dict[str, float] = {}
+        self.batches = 0
+        self._coverage: list[pl.DataFrame] = []
+
+    def count(self, batch: MappedBatch) -> MappedBatch:
+        from pipelines.mapping.concepts import batch_coverage
+
+        for total, part in (
+            (self.inputs, batch.inputs),
+            (self.mapped, batch.mapped),
+            (self.filtered, batch.filtered),
+        ):
+            for key, n in part.items():
+                total[key] = total.get(key, 0) + n
+        self._coverage.append(batch_coverage(batch.tables, self.vocab))
+        self.batches += 1
+        return batch
+
+    def timed(self, name: str, batches: Iterator[MappedBatch]) -> Iterator[MappedBatch]:
+        """``batches``, the time spent making each one added to ``timings[name]``."""
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 3)
+            if batch is None:
+                return
+            yield batch
+            del batch  # let it go before the next one is made, not after
+
+    def coverage(self) -> pl.DataFrame | None:
+        """``batch_coverage`` counts over every batch of the run (None when nothing was counted)."""
+        if not self._coverage:
+            return None
+        counts = pl.concat(self._coverage, how="vertical_relaxed")
+        return (
+            counts.group_by("source_vocabulary_id", "source_code", "target_table", "mapped")
+            .agg(rows=pl.col("rows").sum(), source_name=pl.col("source_name").first())
+            .select(counts.columns)
+        )
+
+
+def load_sources(options: RunOptions, vocab: Vocabulary, targets: list, tally: Tally) -> LoadReport:
+    """Read, map and load the run's sources batch after batch, in one warehouse transaction.
+
+    FHIR is read and mapped here; openEHR, when there is enough of it, in a second process whose
+    batches wait on disk until the load takes them (both mappers are CPU-bound; DuckDB stays the one
+    writer). ``tally`` adds up the batches' accounting and coverage.
     """
-    if not options.fhir or not options.openehr:
-        return None
-    size = sum(
-        f.stat().st_size
-        for path in options.openehr
-        for f in ([path] if path.is_file() else path.rglob("*"))
-        if f.is_file()
-    )
-    if size < _BACKGROUND_OPENEHR_BYTES:
-        return None
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    from pipelines.warehouse import load_batches
+
+    return load_batches(_batches(options, vocab, tally), targets, vocab=vocab, export=False)
+
+
+def _batches(options: RunOptions, vocab: Vocabulary, tally: Tally) -> Iterator[MappedBatch]:
+    from pipelines.sources.fhir import iter_fhir_batches
+    from pipelines.sources.openehr import iter_openehr_batches
+
+    background = OpenEhrWorker.start(options)
     try:
-        return pool.submit(_map_openehr, options.openehr, options.vocab, options.omocl or None)
+        if options.fhir:
+            fhir = iter_fhir_batches(options.fhir, vocab, max_resources=options.batch_resources)
+            for batch in tally.timed("FHIR read+map", fhir):
+                yield tally.count(batch)
+                del batch
+                if background is not None:  # what the other core has made meanwhile
+                    for ready in tally.timed("openEHR (waited for)", background.ready()):
+                        yield tally.count(ready)
+                        del ready
+        if background is not None:
+            for ready in tally.timed("openEHR (waited for)", background.rest()):
+                yield tally.count(ready)
+                del ready
+        elif options.openehr:
+            openehr = iter_openehr_batches(
+                options.openehr,
+                vocab,
+                mapping_dirs=options.omocl or None,
+                max_compositions=_openehr_batch(options.batch_resources),
+            )
+            yield from map(tally.count, tally.timed("openEHR read+map", openehr))
     finally:
-        pool.shutdown(wait=False)  # the submitted mapping still runs; the worker exits after it
+        if background is not None:
+            background.stop()
+
+
+def _openehr_batch(resources: int) -> int:
+    """An openEHR batch of about the same bytes as a FHIR batch: a composition is about 8 times a
+    FHIR resource (216 MB for 28.6 k compositions, 1,010 MB for 1.25 M resources at 10 k patients),
+    and its mapping holds more per byte."""
+    return max(1, resources // 5)
+
+
+class OpenEhrWorker:
+    """openEHR mapped in a second process, batch after batch, while FHIR maps in the run's own.
+
+    Each batch is staged on disk (``write_batch``) and its folder sent over a queue; the run loads it
+    when it comes to it (``read_batch``), so neither process holds more than a batch or two. The
+    process is spawned, not forked: a fork of a process whose Polars threads hold locks can hang.
+    """
+
+    def __init__(self, process, queue, folder: tempfile.TemporaryDirectory) -> None:
+        self._process, self._queue, self._folder = process, queue, folder
+        self._done = False
+
+    @classmethod
+    def start(cls, options: RunOptions) -> OpenEhrWorker | None:
+        """The worker mapping ``options.openehr``; None when there is nothing to overlap or too little
+        openEHR to pay for a second interpreter."""
+        if not options.fhir or not options.openehr:
+            return None
+        size = sum(
+            f.stat().st_size
+            for path in options.openehr
+            for f in ([path] if path.is_file() else path.rglob("*"))
+            if f.is_file()
+        )
+        if size < _BACKGROUND_OPENEHR_BYTES:
+            return None
+        context = multiprocessing.get_context("spawn")
+        folder = tempfile.TemporaryDirectory(prefix="passerelle-openehr-")
+        queue = context.Queue()
+        process = context.Process(
+            target=_map_openehr_batches,
+            args=(
+                options.openehr,
+                options.vocab,
+                options.omocl or None,
+                _openehr_batch(options.batch_resources),
+                Path(folder.name),
+                queue,
+            ),
+            daemon=True,
+        )
+        process.start()
+        return cls(process, queue, folder)
+
+    def ready(self) -> Iterator[MappedBatch]:
+        """The batches made so far, without waiting."""
+        while not self._done:
+            try:
+                item = self._queue.get_nowait()
+            except queue_module.Empty:
+                return
+            batch = self._take(item)
+            if batch is not None:
+                yield batch
+
+    def rest(self) -> Iterator[MappedBatch]:
+        """Every batch still to come, waiting for each."""
+        while not self._done:
+            try:
+                item = self._queue.get(timeout=1)
+            except queue_module.Empty:
+                if not self._process.is_alive():
+                    raise PasserelleError(
+                        f"the openEHR mapping process ended without finishing (exit code "
+                        f"{self._process.exitcode}); run again with fewer sources to see its error"
+                    ) from None
+                continue
+            batch = self._take(item)
+            if batch is not None:
+                yield batch
+
+    def _take(self, item) -> MappedBatch | None:
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if item is None:
+            self._done = True
+            return None
+        folder = Path(item)
+        batch = read_batch(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return batch
+
+    def stop(self) -> None:
+        """End the process (if the run stopped early) and remove its staged batches."""
+        if self._process.is_alive() and not self._done:
+            self._process.terminate()
+        self._process.join()
+        self._queue.close()
+        self._folder.cleanup()
 
 
 # Below this much openEHR JSON the second interpreter (about 2 CPU seconds to import Polars and the
@@ -178,20 +340,40 @@ def map_openehr_in_background(options: RunOptions) -> Future[MappedBatch] | None
 _BACKGROUND_OPENEHR_BYTES = 8 * 1024 * 1024
 
 
-def _map_openehr(
-    paths: list[Path], vocab_folder: Path | None, mapping_dirs: list[Path] | None
-) -> MappedBatch:
-    from pipelines.sources.openehr import map_openehr
+def _map_openehr_batches(
+    paths: list[Path],
+    vocab_folder: Path | None,
+    mapping_dirs: list[Path] | None,
+    max_compositions: int,
+    folder: Path,
+    queue,
+) -> None:
+    """The worker's body: each batch written to ``folder`` and its path queued; then None (the end)
+    or the exception that stopped it."""
+    from pipelines.sources.openehr import iter_openehr_batches
     from pipelines.vocab import load_vocabulary
 
-    return map_openehr(paths, load_vocabulary(vocab_folder), mapping_dirs=mapping_dirs)
+    try:
+        vocab = load_vocabulary(vocab_folder)
+        batches = iter_openehr_batches(
+            paths, vocab, mapping_dirs=mapping_dirs, max_compositions=max_compositions
+        )
+        for number, batch in enumerate(batches, start=1):
+            staged = folder / f"batch-{number:05d}"
+            write_batch(batch, staged)
+            del batch
+            queue.put(str(staged))
+        queue.put(None)
+    except BaseException as error:  # sent whole: the run raises it as if mapped in its own process
+        queue.put(error)
 
 
-def _record_coverage(summary: RunSummary, batch: MappedBatch, vocab, options: RunOptions) -> None:
+def _record_coverage(summary: RunSummary, counts: pl.DataFrame | None, options: RunOptions) -> None:
     """Mapping coverage in the summary, and the unmapped codes as a CSV a mapping team takes to Usagi."""
-    from pipelines.mapping.concepts import batch_coverage, write_coverage_report
+    from pipelines.mapping.concepts import write_coverage_report
 
-    counts = batch_coverage(batch.tables, vocab)
+    if counts is None:
+        return
     total = int(counts["rows"].sum()) if counts.height else 0
     mapped = int(counts.filter("mapped")["rows"].sum()) if counts.height else 0
     summary.coverage = round(mapped / total, 4) if total else None
