@@ -1,13 +1,14 @@
 """Benchmark: the whole pipeline on N synthetic patients, against the JSON-parse floor and pyomop.
 
     .venv/bin/python benchmarks/end_to_end.py --patients 1000 [--keep DIR] [--skip-pyomop] [--seed 42]
-        [--peer-patients 25] [--sequential]
+        [--peer-patients 25] [--sequential] [--batch-resources 250000]
 
 1. Generate N patients (FHIR Bundles, a Bulk NDJSON export, openEHR AQL pages); not timed. With
    ``--keep DIR`` the sources stay in DIR and are reused by the next run with the same N and seed.
-2. Run the steps ``run_pipeline`` runs, one stage each: vocabulary (from its Parquet cache), FHIR read,
-   FHIR map, openEHR (in a second process while FHIR maps, as the run does; ``--sequential``: after
-   FHIR, in this process), load into a fresh DuckDB file, derived tables, quality checks (DQD).
+2. Run the steps ``run_pipeline`` runs, one stage each: vocabulary (from its Parquet cache), the sources
+   read, mapped and loaded batch after batch into a fresh DuckDB file (openEHR in a second process
+   while FHIR maps, as the run does; ``--sequential``: after FHIR, in this process), with the time spent
+   making the batches and the rest (the load) beside it; derived tables, quality checks (DQD).
 3. The floor: ``orjson.loads`` of every JSON file and NDJSON line of the same sources, nothing else.
 4. The peer: pyomop 6.4.0's FHIR Bulk NDJSON -> OMOP loader, installed in its own virtual environment
    under benchmarks/.cache/ (never the project's), on the same Bulk folder and the same Athena-format
@@ -56,6 +57,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--sequential", action="store_true", help="openEHR after FHIR, in this process")
     parser.add_argument(
+        "--batch-resources",
+        type=int,
+        default=250_000,
+        help="FHIR resources per batch of the streamed run (RunOptions.batch_resources)",
+    )
+    parser.add_argument(
         "--peer-patients",
         type=int,
         default=25,
@@ -78,6 +85,7 @@ def main() -> None:
             with_pyomop=not args.skip_pyomop,
             peer_patients=args.peer_patients,
             sequential=args.sequential,
+            batch_resources=args.batch_resources,
         )
     finally:
         if scratch is not None:
@@ -87,7 +95,14 @@ def main() -> None:
 
 
 def benchmark(
-    work: Path, patients: int, *, seed: int, with_pyomop: bool, peer_patients: int, sequential: bool
+    work: Path,
+    patients: int,
+    *,
+    seed: int,
+    with_pyomop: bool,
+    peer_patients: int,
+    sequential: bool,
+    batch_resources: int,
 ) -> dict:
     sources = work / "sources"
     manifest = _generated(sources, patients, seed)
@@ -97,8 +112,14 @@ def benchmark(
 
     meter = Meter()
     try:
-        stages = _pipeline(
-            meter, work / "warehouse.duckdb", work / "dq", fhir_paths, openehr_paths, sequential=sequential
+        stages, streamed = _pipeline(
+            meter,
+            work / "warehouse.duckdb",
+            work / "dq",
+            fhir_paths,
+            openehr_paths,
+            sequential=sequential,
+            batch_resources=batch_resources,
         )
         pipeline_peak = meter.overall_peak_rss_mb
         floor = {
@@ -119,9 +140,10 @@ def benchmark(
         "counts": counts,
         "bytes": {name: sum(f["bytes"] for f in figures) for name, figures in floor.items()},
         "stages": stages,
+        "streamed": streamed,
         "floor": [stage for figures in floor.values() for stage in figures],
         "peer": peer,
-        "summary": _summary(patients, counts, stages, floor, peer, pipeline_peak, manifest),
+        "summary": _summary(patients, counts, stages, streamed, floor, peer, pipeline_peak),
     }
 
 
@@ -156,44 +178,42 @@ def _pipeline(
     openehr_paths: list[Path],
     *,
     sequential: bool,
-) -> list[Stage]:
-    """The steps of pipelines.job.pipeline.run_pipeline, each timed on its own."""
+    batch_resources: int,
+) -> tuple[list[Stage], dict[str, float]]:
+    """The steps of pipelines.job.pipeline.run_pipeline, each timed on its own; and the streamed
+    step's parts (seconds spent making the batches; the rest of it is the load)."""
     from pipelines.derive import derive_all
-    from pipelines.job.pipeline import RunOptions, map_openehr_in_background
-    from pipelines.mapping.batch import MappedBatch
-    from pipelines.mapping.fhir.engine import map_staged
+    from pipelines.job import pipeline
     from pipelines.quality import run_dqd
-    from pipelines.sources.fhir import read_fhir
-    from pipelines.sources.openehr import map_openehr
     from pipelines.vocab import load_vocabulary
-    from pipelines.warehouse import load_batch, open_targets
+    from pipelines.warehouse import open_targets
     from pipelines.warehouse.duckdb_file import connect
 
     for stale in (warehouse, warehouse.with_name(warehouse.name + ".wal")):
         stale.unlink(missing_ok=True)
     shutil.rmtree(dq_out, ignore_errors=True)
+    if sequential:  # openEHR after FHIR in this process, whatever its size
+        pipeline._BACKGROUND_OPENEHR_BYTES = float("inf")
     start = len(meter.stages)
     with meter.stage("vocabulary"):
         vocab = load_vocabulary()
-    # As run_pipeline does: openEHR in a second process (when big enough) while FHIR maps here.
-    options = RunOptions(fhir=fhir_paths, openehr=openehr_paths)
-    openehr = None if sequential else map_openehr_in_background(options)
-    with meter.stage("FHIR read"):
-        staged = read_fhir(fhir_paths)
-    with meter.stage("FHIR map"):
-        batch = MappedBatch().merge(map_staged(staged, vocab))
-        del staged
-    with meter.stage("openEHR read+map" if openehr is None else "openEHR (rest of the wait)"):
-        batch = batch.merge(openehr.result() if openehr else map_openehr(openehr_paths, vocab))
-    with meter.stage("load"):
-        targets = open_targets(warehouse, None, None)
-        load_batch(batch, targets, vocab=vocab, export=False)
-        del batch
+    options = pipeline.RunOptions(
+        fhir=fhir_paths, openehr=openehr_paths, warehouse=warehouse, batch_resources=batch_resources
+    )
+    tally = pipeline.Tally(vocab)
+    with meter.stage(_STREAMED) as streamed:
+        pipeline.load_sources(options, vocab, open_targets(warehouse, None, None), tally)
+    parts = dict(tally.timings)
+    parts["load"] = round(streamed.wall_s - sum(parts.values()), 3)
+    parts["batches"] = tally.batches
     with meter.stage("derived tables"), connect(warehouse) as con:
         derive_all(con)
     with meter.stage("quality checks"), connect(warehouse, read_only=True) as con:
         run_dqd(con, out_dir=dq_out)
-    return meter.stages[start:]
+    return meter.stages[start:], parts
+
+
+_STREAMED = "read+map+load (streamed)"
 
 
 def _parse_floor(meter: Meter, name: str, paths: list[Path]) -> list[dict]:
@@ -308,18 +328,17 @@ def _summary(
     patients: int,
     counts: dict[str, int],
     stages: list[Stage],
+    streamed: dict[str, float],
     floor: dict[str, list[dict]],
     peer: list[Stage],
     peak_rss_mb: float,
-    manifest: dict,
 ) -> dict:
-    by_name = {s.name: s for s in stages}
     resources = counts["FHIR"] + counts["openEHR"]
     wall = sum(s.wall_s for s in stages)
     cpu = sum(s.cpu_s for s in stages)
     floor_wall = sum(f["stage"].wall_s for figures in floor.values() for f in figures)
-    reading = ("FHIR read", "FHIR map", "openEHR read+map", "openEHR (rest of the wait)")
-    mapping_wall = sum(by_name[name].wall_s for name in reading if name in by_name)
+    # the streamed step's time spent making batches (reading and mapping), the load left out
+    mapping_wall = sum(v for k, v in streamed.items() if k not in ("load", "batches"))
     summary = {
         "patients": patients,
         "resources": resources,
@@ -344,6 +363,7 @@ def _summary(
             }
             for s in stages
         },
+        "streamed": streamed,
         "speedup_vs_pyomop": None,
     }
     peers = {s.name: s for s in peer}
@@ -366,10 +386,6 @@ def print_table(result: dict) -> None:
     counts, patients = result["counts"], result["patients"]
     bulk = (counts["FHIR bulk"], result["peer_patients"])
     per_stage = {  # resources and patients each stage works on (default: all of them)
-        "FHIR read": (counts["FHIR"], patients),
-        "FHIR map": (counts["FHIR"], patients),
-        "openEHR read+map": (counts["openEHR"], patients),
-        "openEHR (rest of the wait)": (0, 0),
         "floor: orjson FHIR": (counts["FHIR"], patients),
         "floor: orjson openEHR": (counts["openEHR"], patients),
         "ours: Bulk NDJSON -> DuckDB": bulk,
@@ -397,6 +413,10 @@ def print_table(result: dict) -> None:
             print(
                 f"{s.name:<34}{s.wall_s:>9.2f}{s.cpu_s:>9.2f}{rate:>13}{people_rate:>12}{s.peak_rss_mb:>13,.0f}"
             )
+            if s.name == _STREAMED:
+                parts = result["streamed"]
+                print(f"  in {parts['batches']} batches, wall s: ", end="")
+                print(", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "batches"))
     summary = result["summary"]
     print(
         f"{'pipeline total':<34}{summary['wall_s']:>9.2f}{summary['cpu_s']:>9.2f}"

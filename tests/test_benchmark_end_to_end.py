@@ -47,20 +47,25 @@ def test_benchmark_reports_every_stage_and_the_summary_last(tmp_path):
     assert summary["resources"] == fhir + sum(manifest["openehr_aql"]["compositions"].values())
     assert set(summary["stages"]) == {
         "vocabulary",
-        "FHIR read",
-        "FHIR map",
-        "openEHR read+map",  # 12 patients: too little openEHR for a second process
-        "load",
+        "read+map+load (streamed)",
         "derived tables",
         "quality checks",
     }
+    streamed = summary["streamed"]
+    # 12 patients: too little openEHR for a second process, and one batch of each source
+    assert set(streamed) == {"FHIR read+map", "openEHR read+map", "load", "batches"}
+    assert streamed["batches"] == 2
+    assert sum(v for k, v in streamed.items() if k != "batches") == pytest.approx(
+        summary["stages"]["read+map+load (streamed)"]["wall_s"], abs=0.01
+    )
     assert summary["resources_per_s"] == pytest.approx(summary["resources"] / summary["wall_s"], rel=0.01)
     assert summary["patients_per_s"] == pytest.approx(12 / summary["wall_s"], rel=0.05)
     assert 0 < summary["fraction_of_parse_floor"] < summary["fraction_of_parse_floor_read_map"]
     assert summary["peak_rss_mb"] > 100  # Polars, DuckDB and the vocabulary are in memory
     assert summary["speedup_vs_pyomop"] is None
     assert summary["bulk_resources"] > 0  # the two peer patients' Bulk resources, Procedures left out
-    assert any(line.startswith("FHIR read") for line in lines)
+    assert any(line.startswith("read+map+load (streamed)") for line in lines)
+    assert any(line.startswith("  in 2 batches, wall s: FHIR read+map") for line in lines)
     assert (tmp_path / "warehouse.duckdb").exists() and (tmp_path / "dq" / "dq_report.html").exists()
 
 
