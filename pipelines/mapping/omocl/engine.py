@@ -125,8 +125,7 @@ def apply_catalogue(elements: pl.DataFrame, catalogue: dict[str, tuple[OmoclFile
     custom: dict[str, int] = {}
     compositions: dict[str, list[dict]] = {}
     for row in elements.select(_ENGINE_COLUMNS).to_dicts():  # a composition's rows are adjacent
-        segments = tuple(_SEGMENT.findall(row["node_path"]))
-        row.update(_scope=row, _segments=segments, _generic=tuple((a, n or None) for a, n, _ in segments))
+        row["_scope"] = row
         compositions.setdefault(row["composition_uid"], []).append(row)
     plans: dict = {}
     for nodes in compositions.values():
@@ -147,7 +146,7 @@ def map_composition(
 ) -> tuple[list[dict], list[dict], dict[str, int]]:
     """The candidate rows (CANDIDATE_SCHEMA dicts), incomplete rows and CustomMappings met of one
     composition, from its nodes as the walk gives them (``pipelines.sources.openehr.flatten``): own
-    columns, the shared ``_scope``, ``_segments`` and ``_generic``.
+    columns and the shared ``_scope``.
 
     Which nodes each field may come from depends only on the composition's structure (its node
     paths), not on its values; ``plans`` (one dict per catalogue, kept by the caller) keeps that
@@ -377,6 +376,9 @@ class _Tree:
         # every row of a mapping resolves the same paths from the same anchor: resolved once
         self._resolved: dict[tuple[str, str], list[dict]] = {}
         for node in nodes:
+            segments = tuple(_SEGMENT.findall(node["node_path"]))
+            node["_segments"] = segments
+            node["_generic"] = tuple((a, n or None) for a, n, _ in segments)
             self.by_path[node["node_path"]] = node
             self.by_generic.setdefault(node["_generic"], []).append(node)
 
