@@ -100,6 +100,8 @@ _CHILDREN = {
 _SINGLE = frozenset(
     {"data", "state", "protocol", "description", "summary", "item", "other_context", "other_details"}
 )
+# (attribute, single-valued) of each container type, read once per node
+_CHILD_ATTRIBUTES = {rm: tuple((a, a in _SINGLE) for a in attrs) for rm, attrs in _CHILDREN.items()}
 VALUE_TYPES = frozenset(
     {
         "DV_QUANTITY",
@@ -271,7 +273,7 @@ class _Walker:
         if rm_type == "ELEMENT":
             self.element(node, indexed, generic, node_id, scope)
             return
-        children = _CHILDREN.get(rm_type) if isinstance(rm_type, str) else None
+        children = _CHILD_ATTRIBUTES.get(rm_type) if isinstance(rm_type, str) else None
         if children is None:
             raise CompositionError("unknown_rm_type", indexed, f"unknown RM type {rm_type!r}")
         if isinstance(node_id, str) and node_id.startswith("openEHR-"):
@@ -302,16 +304,28 @@ class _Walker:
             self.times.append(own_time)
         elif rm_type == "HISTORY":
             own_time = _time_value(node.get("origin"), self.zone)
-        self.structural(indexed, generic, node_id, rm_type, scope, own_time)
-        for child_attr in children:
+        self.nodes.append(
+            {
+                "path": generic,
+                "node_path": indexed,
+                "node_id": node_id,
+                "is_element": False,
+                "rm_type": rm_type,
+                "node_time": own_time,
+                "_scope": scope,
+            }
+        )
+        for child_attr, single in children:
             value = node.get(child_attr)
             if value is None:
                 continue
-            if child_attr in _SINGLE:
+            if single:
                 self.walk(value, indexed, generic, child_attr, None, scope)
-            else:
-                for child_index, child in enumerate(_as_list(value)):
+            elif isinstance(value, list):
+                for child_index, child in enumerate(value):
                     self.walk(child, indexed, generic, child_attr, child_index, scope)
+            else:  # a single member written as a bare object
+                self.walk(value, indexed, generic, child_attr, 0, scope)
 
     def structural(self, indexed, generic, node_id, rm_type, scope, own_time) -> None:
         self.nodes.append(
