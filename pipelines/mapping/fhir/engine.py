@@ -9,7 +9,10 @@ counted as filtered with the mapping's ``no_rows_reason`` so that the books alwa
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -35,6 +38,8 @@ from pipelines.sources.fhir.reader import StagedFhir
 if TYPE_CHECKING:
     from pipelines.vocab import Vocabulary
 
+# Threads that evaluate outputs side by side: Polars releases the GIL, so up to one per core helps.
+_THREADS = max(1, min(4, os.cpu_count() or 1))
 # Facets of routed outputs, by kind (docs/fhir.md lists what each fills).
 _CODEABLE = ("concept", "value_concept", "route", "anatomic_site", "status")
 _DATES = ("start", "end")
@@ -128,12 +133,24 @@ class _Engine:
         self.filtered: Counter[str] = Counter(staged.filtered)
 
     def run(self) -> MappedBatch:
-        for kind, frame in self.staged.resources.items():
-            mapping = self.mappings.get(kind)
-            if mapping is None:
-                self.filtered[f"{kind}: no mapping"] += frame.height
-            else:
-                self.map_resource(mapping, frame)
+        """Every output of every resource type is a task of a pool of threads (Polars works outside the
+        GIL, so both cores of the machine map); the results are put together in the order of the
+        staged types and outputs, so the batch is the same as mapping them one after the other."""
+        plans: dict[str, _Plan] = {}
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            tasks = []
+            for kind, frame in self.staged.resources.items():
+                if kind in self.mappings:
+                    plans[kind] = plan = _filter(self.mappings[kind], frame)
+                    tasks.extend((frame.height, plan, index) for index in range(len(plan.mapping.outputs)))
+            # the biggest first, so that no large output is left alone at the end
+            for _, plan, index in sorted(tasks, key=lambda task: -task[0]):
+                plan.results[index] = pool.submit(self.map_output, plan, plan.mapping.outputs[index])
+            for kind, frame in self.staged.resources.items():
+                if kind in plans:
+                    self.combine(plans[kind])
+                else:
+                    self.filtered[f"{kind}: no mapping"] += frame.height
         return MappedBatch(
             tables={name: _finish(name, frames) for name, frames in sorted(self.tables.items())},
             quarantine=pl.concat(self.quarantine, how="vertical_relaxed").cast(QUARANTINE_SCHEMA),
@@ -155,50 +172,49 @@ class _Engine:
 
     # --- one resource type ------------------------------------------------------------------
 
-    def map_resource(self, mapping: ResourceMapping, frame: pl.DataFrame) -> None:
-        kind = mapping.resource
-        # The filters and each output's condition are masks: the wide nested frame is then filtered
-        # once per output, on the columns that output reads (a filter copies every column it carries).
-        keep: pl.Series | None = None
-        for rule in mapping.filters:
-            drop = frame.select(_condition(rule.when).fill_null(False)).to_series()
-            if keep is not None:
-                drop = drop & keep
-            if drop.any():
-                self.filtered[f"{kind}: {rule.reason}"] += int(drop.sum())
-                keep = ~drop if keep is None else keep & ~drop
+    def map_output(self, plan: _Plan, output: Output) -> _Output | None:
+        """One output evaluated on the rows it applies to (None when there are none)."""
+        frame, mask = plan.frame, plan.keep
+        if output.when is not None:
+            when = frame.select(_condition(output.when).fill_null(False)).to_series()
+            mask = when if mask is None else mask & when
+        rows = frame.select(_columns_read(output, frame))
+        if output.each is not None:
+            has_items = rows.get_column("item").list.len() > 0
+            mask = has_items if mask is None else mask & has_items
+        if mask is not None:
+            # gather, not filter: Polars' filter of nested columns took 2x (dense mask) to 4x (sparse)
+            # the time of a gather of the same rows (10 k patients, Observation: 0.8 s against 0.35 s)
+            rows = rows.gather(mask.arg_true())
+        if output.each is not None:
+            # Only the rows with items are exploded, and only the columns the output reads: exploding
+            # every row of the wide nested frame (most Observations have no component) took several
+            # GB at 10 k patients, the run's peak of memory, and 18 s (docs/performance.md).
+            rows = (
+                rows.with_columns(pl.int_ranges(pl.col("item").list.len()).alias("_item_index"))
+                .explode(["item", "_item_index"])
+                .filter(pl.col("item").is_not_null())
+            )
+        if rows.height == 0:
+            return None
+        context = _Output(self, plan.mapping, output, rows)
+        context.produced = context.tables()
+        return context
+
+    def combine(self, plan: _Plan) -> None:
+        """The rows, quarantine and counts of one resource type from its outputs' results."""
+        kind, mapping = plan.mapping.resource, plan.mapping
+        self.filtered.update(plan.filtered)
         produced: list[tuple[str, pl.DataFrame]] = []
         problems: list[pl.DataFrame] = []
-        for output in mapping.outputs:
-            mask = keep
-            if output.when is not None:
-                when = frame.select(_condition(output.when).fill_null(False)).to_series()
-                mask = when if mask is None else mask & when
-            rows = frame.select(_columns_read(output, frame))
-            if output.each is not None:
-                has_items = rows.get_column("item").list.len() > 0
-                mask = has_items if mask is None else mask & has_items
-            if mask is not None:
-                # gather, not filter: Polars' filter of nested columns took 2x (dense mask) to 4x (sparse)
-                # the time of a gather of the same rows (10 k patients, Observation: 0.8 s against 0.35 s)
-                rows = rows.gather(mask.arg_true())
-            if output.each is not None:
-                # Only the rows with items are exploded, and only the columns the output reads: exploding
-                # every row of the wide nested frame (most Observations have no component) took several
-                # GB at 10 k patients, the run's peak of memory, and 18 s (docs/performance.md).
-                rows = (
-                    rows.with_columns(pl.int_ranges(pl.col("item").list.len()).alias("_item_index"))
-                    .explode(["item", "_item_index"])
-                    .filter(pl.col("item").is_not_null())
-                )
-            if rows.height == 0:
-                continue
-            context = _Output(self, mapping, output, rows)
-            produced.extend(context.tables())
-            problems.extend(context.problems)
-        lineage = frame.select(*_LINEAGE)
-        if keep is not None:
-            lineage = lineage.filter(keep)
+        for index in range(len(mapping.outputs)):
+            context = plan.results[index].result()
+            if context is not None:
+                produced.extend(context.produced)
+                problems.extend(context.problems)
+        lineage = plan.frame.select(*_LINEAGE)
+        if plan.keep is not None:
+            lineage = lineage.filter(plan.keep)
         bad = _first_problem(problems)
         if bad.height:
             self.quarantine.append(_quarantine_rows(lineage, bad))
@@ -213,6 +229,33 @@ class _Engine:
             self.filtered[f"{kind}: {mapping.no_rows_reason}"] += nothing
 
 
+@dataclass
+class _Plan:
+    """One resource type to map: its frame, the rows its filters keep (None: all) and what they
+    filtered, and the result of each output by its position in the mapping (futures of the pool)."""
+
+    mapping: ResourceMapping
+    frame: pl.DataFrame
+    keep: pl.Series | None
+    filtered: Counter[str]
+    results: dict[int, Future[_Output | None]] = field(default_factory=dict)
+
+
+def _filter(mapping: ResourceMapping, frame: pl.DataFrame) -> _Plan:
+    """Apply the mapping's filters, in order, as a mask: the wide nested frame is then cut once per
+    output, on the columns that output reads (cutting copies every column a frame carries)."""
+    keep: pl.Series | None = None
+    filtered: Counter[str] = Counter()
+    for rule in mapping.filters:
+        drop = frame.select(_condition(rule.when).fill_null(False)).to_series()
+        if keep is not None:
+            drop = drop & keep
+        if drop.any():
+            filtered[f"{mapping.resource}: {rule.reason}"] += int(drop.sum())
+            keep = ~drop if keep is None else keep & ~drop
+    return _Plan(mapping, frame, keep, filtered)
+
+
 class _Output:
     """One output of one mapping, evaluated on the rows it applies to."""
 
@@ -225,6 +268,7 @@ class _Output:
         # path on the 10 k Observations; a rechunk once costs 0.1 s.
         self.rows = rows.rechunk().with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"))
         self.problems: list[pl.DataFrame] = []
+        self.produced: list[tuple[str, pl.DataFrame]] = []  # (table, rows), once evaluated
         self.where = f"{mapping.source.name}, output {output.name!r}"
 
     # --- values -----------------------------------------------------------------------------
