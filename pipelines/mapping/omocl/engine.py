@@ -21,6 +21,7 @@ How a row is found, for each entry whose archetype has a file (and each node an 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -178,8 +179,9 @@ class _RowPlan:
     anchor: int  # node positions in the composition
     focus: int
     driven: bool  # a driver field chose the focus: a missing required field is reported
-    # (field name, optional, steps); a step is (_CONST, {column: value}), (_NODES, role, alternative,
-    # node positions nearest the focus first) or (_MULTIPLY, output, node positions of each factor)
+    # (field name, optional, steps); a step is (_CONST, {column: value}), (_NODES, reader, (node
+    # position, is element) nearest the focus first) or (_MULTIPLY, output, element positions of each
+    # factor)
     fields: tuple[tuple[str, bool, tuple], ...]
 
 
@@ -251,14 +253,23 @@ def _plan_field(tree, positions, alternatives: tuple[Alternative, ...], role: di
             continue
         if alternative.kind == "multiplication":
             factors = tuple(
-                tuple(positions[id(n)] for n in _nearest(tree.resolve(anchor, factor.path), focus))
+                tuple(
+                    positions[id(n)]
+                    for n in _nearest(tree.resolve(anchor, factor.path), focus)
+                    if n["is_element"]  # only an element holds a number
+                )
                 for factor in alternative.factors
             )
             steps.append((_MULTIPLY, role["output"], factors))
             continue
-        found = tuple(positions[id(n)] for n in _nearest(tree.resolve(anchor, alternative.path), focus))
+        timed = role["role"] == "time"  # only a time may come from a structural node (event, entry)
+        found = tuple(
+            (positions[id(n)], n["is_element"])
+            for n in _nearest(tree.resolve(anchor, alternative.path), focus)
+            if timed or n["is_element"]
+        )
         if found:
-            steps.append((_NODES, role, alternative, found))
+            steps.append((_NODES, _reader(role, alternative), found))
     return tuple(steps)
 
 
@@ -318,9 +329,7 @@ def _evaluate(steps: tuple, nodes: list[dict]) -> tuple[dict | None, bool]:
             product = 1.0
             for factor in step[2]:
                 numbers = [
-                    nodes[i].get("value_number")
-                    for i in factor
-                    if nodes[i]["is_element"] and nodes[i].get("value_number") is not None
+                    nodes[i]["value_number"] for i in factor if nodes[i].get("value_number") is not None
                 ]
                 if not numbers:
                     break
@@ -328,12 +337,11 @@ def _evaluate(steps: tuple, nodes: list[dict]) -> tuple[dict | None, bool]:
             else:
                 return {step[1]: product}, True
             continue
-        _, role, alternative, found = step
-        for i in found:
-            node = nodes[i]
-            resolved = _read(node, role, alternative)
+        _, read, found = step
+        for i, element in found:
+            resolved = read(nodes[i])
             if resolved is not None:
-                return resolved, node["is_element"]
+                return resolved, element
     return None, False
 
 
@@ -470,58 +478,74 @@ def _driver(tree: _Tree, mapping: RowMapping, anchor: dict) -> tuple[list[dict],
     return [anchor], None
 
 
-def _read(node: dict, role: dict, alternative: Alternative) -> dict | None:
-    """What one node gives for a field of this role; None when it gives nothing usable."""
+def _reader(role: dict, alternative: Alternative) -> Callable[[dict], dict | None]:
+    """What one node gives for a field of this role, None when it gives nothing usable; the role
+    and the alternative are looked at once per plan, not once per node."""
     kind, out = role["role"], role["output"]
     if kind == "time":
-        value = _node_time(node)
-        return {out: value} if value is not None else None
-    if not node["is_element"]:
-        return None
-    if alternative.kind == "conceptMap":
-        mapped = dict(alternative.concept_map).get(node.get("value_code") or "")
-        if mapped is None:
+
+        def read(node: dict) -> dict | None:
+            value = _node_time(node)
+            return {out: value} if value is not None else None
+
+    elif alternative.kind == "conceptMap":
+        concepts = dict(alternative.concept_map)
+        column = "value_const" if out == "value" else f"{out}_const"
+
+        def read(node: dict) -> dict | None:
+            mapped = concepts.get(node.get("value_code") or "")
+            return {column: mapped} if mapped is not None else None
+
+    elif kind == "concept":
+        code, system, text = f"{out}_code", f"{out}_system", f"{out}_text"
+
+        def read(node: dict) -> dict | None:
+            if node.get("value_code") is None and node.get("value_text") is None:
+                return None
+            return {
+                code: node.get("value_code"),
+                system: node.get("value_terminology"),
+                text: node.get("value_text"),
+            }
+
+    elif kind == "value" and out == "value":
+
+        def read(node: dict) -> dict | None:
+            if node.get("rm_type") is None:  # an ELEMENT with only a null_flavour
+                return None
+            return {
+                "value_number": node.get("value_number"),
+                "value_code": node.get("value_code"),
+                "value_system": node.get("value_terminology"),
+                "value_text": node.get("value_text"),
+                "value_boolean": node.get("value_boolean"),
+                "value_type": node.get("rm_type"),
+            }
+
+    elif kind in ("value", "number", "text"):
+        column = _VALUE_COLUMNS[out] if kind == "value" else f"value_{kind}"
+
+        def read(node: dict) -> dict | None:
+            value = node.get(column)
+            return {out: value} if value is not None else None
+
+    elif kind == "year":
+        read = _birth_year
+    else:
+
+        def read(node: dict) -> dict | None:
             return None
-        return {"value_const": mapped} if out == "value" else {f"{out}_const": mapped}
-    if kind == "concept":
-        if node.get("value_code") is None and node.get("value_text") is None:
-            return None
-        return {
-            f"{out}_code": node.get("value_code"),
-            f"{out}_system": node.get("value_terminology"),
-            f"{out}_text": node.get("value_text"),
-        }
-    if kind == "value":
-        return _read_value(node, out)
-    if kind == "number":
-        return {out: node.get("value_number")} if node.get("value_number") is not None else None
-    if kind == "text":
-        return {out: node.get("value_text")} if node.get("value_text") is not None else None
-    if kind == "year":
-        return _birth_year(node)
-    return None
+
+    return read
 
 
-def _read_value(node: dict, out: str) -> dict | None:
-    if out == "value":
-        if node.get("rm_type") is None:  # an ELEMENT with only a null_flavour
-            return None
-        return {
-            "value_number": node.get("value_number"),
-            "value_code": node.get("value_code"),
-            "value_system": node.get("value_terminology"),
-            "value_text": node.get("value_text"),
-            "value_boolean": node.get("value_boolean"),
-            "value_type": node.get("rm_type"),
-        }
-    column = {
-        "unit": "value_units",
-        "range_low": "normal_low",
-        "range_high": "normal_high",
-        "operator": "magnitude_status",
-    }[out]
-    value = node.get(column)
-    return {out: value} if value is not None else None
+# the node column a ``value``-role output other than the value itself reads
+_VALUE_COLUMNS = {
+    "unit": "value_units",
+    "range_low": "normal_low",
+    "range_high": "normal_high",
+    "operator": "magnitude_status",
+}
 
 
 def _node_time(node: dict) -> datetime | None:
