@@ -153,7 +153,7 @@ def test_conditional_reference_to_a_patient_of_an_earlier_batch_resolves(tmp_pat
 
 
 def _exact(monkeypatch) -> None:
-    def refuse(data, kind, rows):
+    def refuse(data, kind, rows, **options):
         raise columnar.Unsound("the exact path, for comparison")
 
     monkeypatch.setattr(columnar, "parse_block", refuse)
@@ -188,6 +188,7 @@ def _observation(i: int, **extra) -> dict:
 # Lines the exact path refuses (or reads differently) while Arrow alone would accept them or fail the block.
 _AWKWARD_LINES = [
     b'{"resourceType":"Observation","id":"nan","note":NaN}',  # NaN in an element the Struct skips
+    b'{"resourceType":"Observation","id":"inf","note":[-Inf]}',
     json.dumps(_observation(1, id="bigint", valueInteger=2**40)).encode(),
     json.dumps(_observation(1, id="nullitem", category=[None])).encode(),
     json.dumps(_observation(1, id="numstr", status=5)).encode(),
@@ -217,7 +218,7 @@ def test_fast_path_equals_the_exact_path_on_awkward_ndjson(tmp_path, monkeypatch
 
     _assert_same(fast, exact)
     # 3,000 good lines (Clean.ndjson repeats 50 of them; a line with a duplicate key repeats o1)
-    assert exact.resources["Observation"].height == 3000 and exact.quarantine.height == 9
+    assert exact.resources["Observation"].height == 3000 and exact.quarantine.height == 10
     assert set(exact.quarantine["reason_code"]) == {
         "malformed_json",
         "invalid_element",

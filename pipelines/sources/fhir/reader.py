@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import gc
 import gzip
+import io
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 import polars as pl
@@ -45,9 +46,13 @@ _encoder = msgspec.json.Encoder()
 # several times the memory as Python objects that it takes in Arrow, so chunking keeps the reader's
 # memory growing with the frames, not with the Structs (measured in docs/performance.md).
 _CHUNK = 20_000
-# NDJSON is read in blocks of about this many bytes, each parsed by Arrow in one call (its threads
-# split it further); a block that is not sound is halved down to _EXACT_LINES lines, read line by line.
-_BLOCK_BYTES = 16 << 20
+# NDJSON is read in blocks of about this many bytes, each parsed by Arrow in one call; a block that
+# is not sound is halved down to _EXACT_LINES lines, read line by line.
+_BLOCK_BYTES = 8 << 20
+# Threads parsing blocks while the main thread reads the next ones, and how many units may be read
+# ahead of the one being taken (the memory of the pipeline: a few blocks or Bundle files).
+_PARSERS = 2
+_AHEAD = 3
 _EXACT_LINES = 256
 # Bundle files smaller than this go the exact way: Arrow's per-call cost would outweigh the gain.
 _FAST_BUNDLE_BYTES = 64 << 10
@@ -127,8 +132,8 @@ def iter_staged(paths: list[Path], *, max_records: int | None) -> Iterator[Stage
     resolves; ``_scope`` numbers go on across batches."""
     staging = _Staging()
     batches = 0
-    for path in discover(paths):
-        for _ in staging.read_file(path, max_records):
+    with ThreadPoolExecutor(max_workers=_PARSERS, thread_name_prefix="fhir-parse") as pool:
+        for _ in staging.read(discover(paths), pool, max_records):
             batches += 1
             yield staging.cut()
     if staging.records() or not batches:
@@ -199,178 +204,122 @@ class _Staging:
         return staged
 
     # --- files ------------------------------------------------------------------------------
+    #
+    # Reading is a pipeline: the main thread reads the next files and blocks (and decodes a Bundle's
+    # envelope) while pool threads parse the ones before in Arrow, which releases the GIL; results
+    # are taken in file order, so the staging sees the files exactly as if read one after another.
 
-    def read_file(self, path: Path, max_records: int | None = None) -> Iterator[None]:
-        """Read one file. NDJSON is streamed in blocks of lines, so a huge export never sits whole in
-        memory; a Bundle file is read whole. Sound blocks and Bundles take the fast path
-        (``columnar``), anything else the exact one, record by record. Yields (outside the collector
-        pause) each time the batch holds ``max_records``: between two NDJSON blocks, or after the
-        file; the caller then ``cut``s the batch. A file that breaks off (a truncated gzip) keeps what
-        was read and quarantines the rest."""
-        name, lower = str(path), path.name.lower()
-        self.position = 0
-        try:
-            if lower.endswith((".ndjson", ".ndjson.gz")):
-                opener = gzip.open if lower.endswith(".gz") else open
-                with opener(path, "rb") as stream:
-                    yield from self._read_ndjson(stream, name, max_records)
+    def read(self, paths: list[Path], pool: Executor, max_records: int | None) -> Iterator[None]:
+        """Read the files into the staging, yielding each time the batch holds ``max_records``
+        (the caller then ``cut``s it): between two NDJSON lines or after a file."""
+        pending: deque[_Unit] = deque()
+        for unit in _units(paths, pool):
+            pending.append(unit)
+            if len(pending) > _AHEAD:
+                yield from self._take(pending.popleft(), max_records)
+        while pending:
+            yield from self._take(pending.popleft(), max_records)
+
+    def _take(self, unit: _Unit, max_records: int | None) -> Iterator[None]:
+        if isinstance(unit, _Block):
+            parsed = unit.parsed.result()
+            if parsed is None:
+                yield from self._read_lines(_lines(unit.data), unit.file, unit.first, max_records)
             else:
-                data = path.read_bytes()
-                if lower.endswith(".gz"):
-                    data = gzip.decompress(data)
-                data = data.removeprefix(_BOM)
+                yield from self._take_rows(*parsed, max_records)
+        elif isinstance(unit, _BundleFile):
+            parsed = [future.result() for future in unit.parsed]
+            if None in parsed:
                 with _gc_paused():
-                    if not self._read_bundle_fast(data, name):
-                        self.read_document(data, name)
+                    self.read_document(unit.data, unit.file)
+            else:
+                self._take_bundle(parsed)
+        elif isinstance(unit, _Document):
+            with _gc_paused():
+                self.read_document(unit.data, unit.file)
+        else:
+            yield from self._read_broken(unit, max_records)
+        if max_records and self.records() >= max_records:
+            yield
+
+    def _take_rows(self, kind: str, frame: pl.DataFrame, max_records: int | None) -> Iterator[None]:
+        """Rows of consecutive NDJSON lines: each line its own scope, as the exact path gives it."""
+        start = 0
+        while start < frame.height:
+            rows = frame.height - start
+            if max_records:
+                room = max_records - self.records()
+                if room <= 0:
+                    yield
+                    continue
+                rows = min(rows, room)
+            scope = self.scopes + 1
+            self.scopes += rows
+            self.add_frame(
+                kind,
+                frame.slice(start, rows).with_columns(
+                    pl.int_range(scope, scope + rows, dtype=pl.Int64).alias("_scope")
+                ),
+            )
+            start += rows
+
+    def _read_lines(
+        self, lines: list[bytes], file: str, first: int, max_records: int | None
+    ) -> Iterator[None]:
+        """NDJSON lines ``first``, ``first + 1``... that did not parse as one block: in halves,
+        down to blocks small enough to read line by line (a bad line costs a few more parses)."""
+        if len(lines) > _EXACT_LINES:
+            half = len(lines) // 2
+            for part, start in ((lines[:half], first), (lines[half:], first + half)):
+                parsed = _parse_ndjson(b"".join(part), len(part), file, start)
+                if parsed is None:
+                    yield from self._read_lines(part, file, start, max_records)
+                else:
+                    yield from self._take_rows(*parsed, max_records)
+            return
+        for position, line in enumerate(lines, start=first):
+            if max_records and self.records() >= max_records:
+                yield
+            if line.strip():
+                with _gc_paused():
+                    self.read_record(line, file, position, self._new_scope())
+
+    def _take_bundle(self, parsed: list[tuple[str, pl.DataFrame, pl.DataFrame]]) -> None:
+        scope = pl.lit(self._new_scope(), dtype=pl.Int64).alias("_scope")
+        for kind, frame, _ in parsed:
+            self.add_frame(kind, frame.with_columns(scope))
+        full_urls = pl.concat([urls for _, _, urls in parsed])
+        if full_urls.height:
+            self.add_full_urls(full_urls.sort("_position").select(scope, "url", "key"))
+
+    def _read_broken(self, unit: _Broken, max_records: int | None) -> Iterator[None]:
+        """A file that broke off while read in blocks: read again line by line from the block that
+        broke, as the exact path did, so that what came before the break is kept and the break is
+        quarantined at its line."""
+        position = 0
+        try:
+            if unit.first == 0:  # a JSON file that could not be read at all
+                raise unit.error
+            opener = gzip.open if unit.path.name.lower().endswith(".gz") else open
+            with opener(unit.path, "rb") as stream:
+                for position, line in enumerate(stream, start=1):
+                    if position < unit.first:
+                        continue
+                    if max_records and self.records() >= max_records:
+                        yield
+                    text = line.removeprefix(_BOM) if position == 1 else line
+                    if text.strip():
+                        with _gc_paused():
+                            self.read_record(text, unit.file, position, self._new_scope())
         except (OSError, EOFError, zlib.error) as error:
-            position = self.position
             self._quarantine(
-                name,
+                unit.file,
                 position + 1 if position else 0,
                 None,
                 None,
                 "unreadable_file",
                 f"The file breaks off here ({error.__class__.__name__}); what came before is kept.",
             )
-        if max_records and self.records() >= max_records:
-            yield
-
-    def _read_ndjson(self, stream: BinaryIO, name: str, max_records: int | None) -> Iterator[None]:
-        pending: list[bytes] = []
-        broken: BaseException | None = None
-        while pending or broken is None:
-            if not pending:
-                pending, broken = _next_lines(stream)
-                if not pending:
-                    break
-                if self.position == 0:
-                    pending[0] = pending[0].removeprefix(_BOM)
-            block = pending
-            if max_records:
-                room = max_records - self.records()
-                if room <= 0:
-                    yield
-                    continue
-                block, pending = pending[:room], pending[room:]
-            else:
-                pending = []
-            with _gc_paused():
-                self._read_lines(block, name, self.position + 1)
-            self.position += len(block)
-        if broken is not None:
-            raise broken
-
-    def _read_lines(self, lines: list[bytes], name: str, first: int) -> None:
-        """NDJSON lines ``first``, ``first + 1``...: in one Arrow parse when they are sound; else in
-        halves, down to blocks small enough to read line by line (a bad line costs a few parses)."""
-        kind = _ndjson_kind(lines)
-        if kind is not None:
-            try:
-                self._take_ndjson_block(b"".join(lines), kind, len(lines), name, first)
-                return
-            except columnar.Unsound:
-                pass
-        if len(lines) > _EXACT_LINES:
-            half = len(lines) // 2
-            self._read_lines(lines[:half], name, first)
-            self._read_lines(lines[half:], name, first + half)
-            return
-        for position, line in enumerate(lines, start=first):
-            if line.strip():
-                self.read_record(line, name, position, self._new_scope())
-
-    def _take_ndjson_block(self, data: bytes, kind: str, rows: int, name: str, first: int) -> None:
-        frame = columnar.parse_block(data, kind, rows)
-        ids = frame.get_column("id")
-        if ids.null_count() or (ids == "").any():
-            raise columnar.Unsound("a record without id")  # the exact path quarantines it
-        scope = self.scopes + 1
-        self.scopes += rows
-        self.add_frame(
-            kind,
-            _with_lineage(
-                frame,
-                kind,
-                file=name,
-                position=pl.int_range(first, first + rows, dtype=pl.Int64),
-                record_id=pl.col("id"),
-                version=_VERSION,
-                scope=pl.int_range(scope, scope + rows, dtype=pl.Int64),
-            ),
-        )
-
-    def _read_bundle_fast(self, data: bytes, name: str) -> bool:
-        """A Bundle file of resources to load (no DELETE, no nested Bundle, not a server's reply or a
-        history): each resource type's entries parsed in one go. False when the file needs the exact
-        path; then nothing of it has been kept."""
-        if len(data) < _FAST_BUNDLE_BYTES:
-            return False
-        if b"\n" in data or b"\r" in data:  # pretty-printed: one line per entry for Arrow
-            try:
-                data = msgspec.json.format(data, indent=0)
-            except msgspec.DecodeError:
-                return False
-        try:
-            heads = _bundle_heads.decode(data)
-            bundle = _raw_bundle.decode(data)
-        except msgspec.DecodeError:
-            return False
-        if heads.resourceType != "Bundle" or bundle.type in _RESPONSE_BUNDLES or bundle.type == "history":
-            return False
-        entries = bundle.entry or []
-        structs = model.resource_structs()
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, head in enumerate(heads.entry or []):
-            request = head.request
-            method = (request.method or "").upper() if request else ""
-            if method == "DELETE":
-                return False
-            if method in _QUERY_METHODS or head.resource is None:
-                continue
-            kind = head.resource.resourceType
-            if not isinstance(kind, str) or kind not in structs or kind == "Bundle":
-                return False
-            groups[kind].append(index)
-        parsed = []
-        for kind, indexes in groups.items():
-            try:
-                frame = columnar.parse_block(
-                    b"\n".join([entries[i].resource for i in indexes]), kind, len(indexes)
-                )
-            except columnar.Unsound:
-                return False
-            urls = pl.Series("fullUrl", [entries[i].fullUrl for i in indexes], dtype=pl.Utf8)
-            record_ids = _bundle_record_ids(frame.get_column("id"), urls)
-            if record_ids is None:
-                return False
-            parsed.append((kind, frame, pl.Series("_position", indexes, dtype=pl.Int64), urls, record_ids))
-        scope = self._new_scope()
-        full_urls = []
-        for kind, frame, positions, urls, record_ids in parsed:
-            frame = _with_lineage(
-                frame,
-                kind,
-                file=name,
-                position=positions,
-                record_id=record_ids,
-                version=_VERSION,
-                scope=pl.lit(scope, dtype=pl.Int64),
-            )
-            self.add_frame(kind, frame)
-            full_urls.append(
-                frame.select("_position", "_record_key")
-                .with_columns(urls.alias("url"))
-                .filter(pl.col("url").is_not_null() & (pl.col("url") != ""))
-            )
-        if full_urls:
-            self.add_full_urls(
-                pl.concat(full_urls)
-                .sort("_position")
-                .select(
-                    pl.lit(scope, dtype=pl.Int64).alias("_scope"), "url", pl.col("_record_key").alias("key")
-                )
-            )
-        return True
 
     def add_frame(self, kind: str, frame: pl.DataFrame) -> None:
         """Rows read by the fast path, after whatever the exact path holds of that type."""
@@ -639,26 +588,193 @@ def _full_url_frame(rows: list[tuple[int, str, str]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"_scope": pl.Int64, "url": pl.Utf8, "key": pl.Utf8}, orient="row")
 
 
-def _next_lines(stream: BinaryIO) -> tuple[list[bytes], BaseException | None]:
-    """The next lines, about ``_BLOCK_BYTES`` of them, and the error that stopped the reading if
-    any: the lines before a break are still read, as the exact path did line by line."""
-    lines: list[bytes] = []
-    size = 0
+# --- the reading pipeline's units: what the main thread prepares, the pool parses ---------------
+
+
+@dataclass
+class _Block:
+    """Consecutive lines of an NDJSON file, from line ``first``; ``parsed`` gives the resource type
+    and its rows (lineage but ``_scope`` included), or None when they need the exact path."""
+
+    file: str
+    first: int
+    data: bytes
+    parsed: Future
+
+
+@dataclass
+class _BundleFile:
+    """A Bundle file: ``parsed`` gives, per resource type, its rows and fullUrls, or None."""
+
+    file: str
+    data: bytes
+    parsed: list[Future]
+
+
+@dataclass
+class _Document:
+    """A JSON file for the exact path."""
+
+    file: str
+    data: bytes
+
+
+@dataclass
+class _Broken:
+    """A file that could not be read on from line ``first`` (0: not at all)."""
+
+    path: Path
+    file: str
+    first: int
+    error: BaseException
+
+
+_Unit = _Block | _BundleFile | _Document | _Broken
+
+
+def _units(paths: list[Path], pool: Executor) -> Iterator[_Unit]:
+    for path in paths:
+        file, lower = str(path), path.name.lower()
+        if lower.endswith((".ndjson", ".ndjson.gz")):
+            yield from _ndjson_blocks(path, file, pool)
+            continue
+        try:
+            data = path.read_bytes()
+            if lower.endswith(".gz"):
+                data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            yield _Broken(path, file, 0, error)
+            continue
+        data = data.removeprefix(_BOM)
+        with _gc_paused():
+            parsed = _bundle_parses(data, file, pool)
+        yield _Document(file, data) if parsed is None else _BundleFile(file, data, parsed)
+
+
+def _ndjson_blocks(path: Path, file: str, pool: Executor) -> Iterator[_Unit]:
+    """The file in blocks of whole lines, each sent to the pool to parse."""
+    first = 1
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        for line in stream:
-            lines.append(line)
-            size += len(line)
-            if size >= _BLOCK_BYTES:
-                break
+        with opener(path, "rb") as stream:
+            while data := stream.read(_BLOCK_BYTES):
+                if not data.endswith(b"\n"):
+                    data += stream.readline()
+                if first == 1:
+                    data = data.removeprefix(_BOM)
+                lines = data.count(b"\n") + (not data.endswith(b"\n"))
+                yield _Block(file, first, data, pool.submit(_parse_ndjson, data, lines, file, first))
+                first += lines
     except (OSError, EOFError, zlib.error) as error:
-        return lines, error
-    return lines, None
+        yield _Broken(path, file, first, error)
 
 
-def _ndjson_kind(lines: list[bytes]) -> str | None:
+def _parse_ndjson(data: bytes, lines: int, file: str, first: int) -> tuple[str, pl.DataFrame] | None:
+    """A block of NDJSON lines of one resource type as staged rows, or None for the exact path."""
+    kind = _ndjson_kind(data)
+    if kind is None:
+        return None
+    try:
+        frame = columnar.parse_block(data, kind, lines)
+    except columnar.Unsound:
+        return None
+    ids = frame.get_column("id")
+    if ids.null_count() or (ids == "").any():
+        return None  # the exact path quarantines a record without id
+    return kind, _with_lineage(
+        frame,
+        kind,
+        file=file,
+        position=pl.int_range(first, first + lines, dtype=pl.Int64),
+        record_id=pl.col("id"),
+        version=_VERSION,
+        scope=pl.lit(0, dtype=pl.Int64),  # numbered when the block is taken, in reading order
+    )
+
+
+def _bundle_parses(data: bytes, file: str, pool: Executor) -> list[Future] | None:
+    """A Bundle file of resources to load (no DELETE, no nested Bundle, not a server's reply or a
+    history): each resource type's entries sent to the pool to parse in one go. None when the file
+    needs the exact path."""
+    if len(data) < _FAST_BUNDLE_BYTES:
+        return None
+    if b"\n" in data or b"\r" in data:  # pretty-printed: one line per entry for Arrow
+        try:
+            data = msgspec.json.format(data, indent=0)
+        except msgspec.DecodeError:
+            return None
+    try:
+        heads = _bundle_heads.decode(data)
+        bundle = _raw_bundle.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if heads.resourceType != "Bundle" or bundle.type in _RESPONSE_BUNDLES or bundle.type == "history":
+        return None
+    entries = bundle.entry or []
+    structs = model.resource_structs()
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, head in enumerate(heads.entry or []):
+        request = head.request
+        method = (request.method or "").upper() if request else ""
+        if method == "DELETE":
+            return None
+        if method in _QUERY_METHODS or head.resource is None:
+            continue
+        kind = head.resource.resourceType
+        if not isinstance(kind, str) or kind not in structs or kind == "Bundle":
+            return None
+        groups[kind].append(index)
+    return [
+        pool.submit(
+            _parse_entries,
+            kind,
+            b"\n".join([entries[i].resource for i in indexes]),
+            indexes,
+            [entries[i].fullUrl for i in indexes],
+            file,
+        )
+        for kind, indexes in groups.items()
+    ]
+
+
+def _parse_entries(
+    kind: str, data: bytes, indexes: list[int], urls: list[str | None], file: str
+) -> tuple[str, pl.DataFrame, pl.DataFrame] | None:
+    """A Bundle's entries of one type as staged rows (``_scope`` to be set) and their fullUrls."""
+    try:
+        frame = columnar.parse_block(data, kind, len(indexes), scanned=True)
+    except columnar.Unsound:
+        return None
+    full_urls = pl.Series("url", urls, dtype=pl.Utf8)
+    record_ids = _bundle_record_ids(frame.get_column("id"), full_urls)
+    if record_ids is None:
+        return None
+    frame = _with_lineage(
+        frame,
+        kind,
+        file=file,
+        position=pl.Series(indexes, dtype=pl.Int64),
+        record_id=record_ids,
+        version=_VERSION,
+        scope=pl.lit(0, dtype=pl.Int64),
+    )
+    urls_frame = (
+        frame.select("_position", pl.col("_record_key").alias("key"))
+        .with_columns(full_urls)
+        .filter(pl.col("url").is_not_null() & (pl.col("url") != ""))
+    )
+    return kind, frame, urls_frame
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """The lines of a block as iterating over the file gives them (split at ``\\n`` only)."""
+    return io.BytesIO(data).readlines()
+
+
+def _ndjson_kind(data: bytes) -> str | None:
     """The resource type of a block, from its first line, when the fast path can read that type."""
     try:
-        kind = _envelope.decode(lines[0]).resourceType
+        kind = _envelope.decode(columnar.first_line(data)).resourceType
     except msgspec.DecodeError:
         return None
     if isinstance(kind, str) and kind != "Bundle" and kind in model.resource_structs():
