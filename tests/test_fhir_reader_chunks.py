@@ -227,6 +227,18 @@ def test_fast_path_equals_the_exact_path_on_awkward_ndjson(tmp_path, monkeypatch
     }
 
 
+def test_fast_path_screens_non_json_numbers_not_words_that_look_like_them():
+    text = b'{"resourceType":"Immunization","id":"i","vaccineCode":{"text":"Influenza NaNa"}}'
+    assert columnar.parse_block(text, "Immunization", 1)["vaccineCode"].struct.field("text").to_list() == [
+        "Influenza NaNa"
+    ]
+    for token in (b"NaN", b"-Inf", b" Infinity"):
+        with pytest.raises(columnar.Unsound, match="NaN or Inf"):
+            columnar.parse_block(
+                b'{"resourceType":"Immunization","id":"i","x":[1,' + token + b"]}", "Immunization", 1
+            )
+
+
 def test_fast_path_equals_the_exact_path_on_bundles(sources, shared, tmp_path, monkeypatch):
     entries = [
         {"fullUrl": f"urn:uuid:u{i}", "resource": _observation(i), "request": {"method": "POST"}}
