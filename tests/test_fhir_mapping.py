@@ -426,3 +426,23 @@ def test_distinct_rows_tell_a_missing_struct_from_a_struct_of_nulls() -> None:
     assert found.firsts.to_list() == [0, 1, 2, 4, 5]
     assert found.slots.to_list() == [0, 1, 2, 0, 3, 4]
     assert found.spread(frame.gather(found.firsts)).equals(frame)
+
+
+def test_distinct_rows_of_codings_and_of_columns_null_on_every_row() -> None:
+    coding = pl.Struct({"system": pl.Utf8, "code": pl.Utf8})
+    concept = pl.Struct({"coding": pl.List(coding), "text": pl.Utf8})
+    values = [
+        {"coding": [{"system": "s", "code": "1"}, {"system": "s", "code": "2"}]},
+        {"coding": [{"system": "s", "code": "2"}, {"system": "s", "code": "1"}]},  # order counts
+        {"coding": [None]},
+        {"coding": []},
+        {"coding": None},
+        {"coding": [{"system": "s", "code": "1"}, {"system": "s", "code": "2"}]},
+        {"coding": [None]},
+    ]
+    frame = pl.DataFrame({"code": values, "never": [None] * 7}, schema={"code": concept, "never": pl.Utf8})
+    found = distinct_rows(frame)
+    assert found is not None
+    assert found.slots.to_list() == [0, 1, 2, 3, 4, 0, 2]
+    nothing = distinct_rows(pl.DataFrame({"never": [None] * 3}, schema={"never": concept}))
+    assert nothing is not None and nothing.slots.to_list() == [0, 0, 0]

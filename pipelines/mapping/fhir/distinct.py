@@ -6,14 +6,18 @@ resolving a reference (two joins and a regex) or ranking the codings of a Codeab
 distinct value instead of once per row is what makes the mapping fast (docs/performance.md).
 
 Rows are grouped by a 64-bit hash of their values (hashing a nested column is several times faster
-than grouping it; a sorted search gives every row its group); a second, independent hash must then
+than grouping it; a join on the hash gives every row its group); a second, independent hash must then
 agree within every group. If it ever disagrees (two different values sharing the first hash, odds
 around 1e-8 for a million distinct values) the caller is told to evaluate every row instead.
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import reduce
+from itertools import count
 
 import polars as pl
 
@@ -38,34 +42,49 @@ class Distinct:
 def distinct_rows(frame: pl.DataFrame) -> Distinct | None:
     """The distinct rows of ``frame`` (every column counts) and where each row's value is; None when
     the two hashes disagree, the caller then evaluates every row."""
-    leaves = [leaf for name, dtype in frame.schema.items() for leaf in _leaves(pl.col(name), dtype)]
-    hashes = frame.select(_combined(leaves, seed=11).alias("h"), _combined(leaves, seed=1013).alias("check"))
+    found = [leaf for column in frame.iter_columns() for leaf in _leaves(column)]
+    if not found:  # every value null: one distinct row
+        found = [pl.repeat(None, frame.height, eager=True, dtype=pl.Boolean)]
+    leaves = pl.DataFrame({f"leaf{i}": leaf for i, leaf in enumerate(found)})
+    hashes = leaves.select(_row_hash(leaves, seed=11).alias("h"), _row_hash(leaves, seed=1013).alias("check"))
     h = hashes.get_column("h")
     firsts = h.is_first_distinct().arg_true()
-    distinct = h.gather(firsts)
-    order = distinct.arg_sort()
-    slots = order.gather(distinct.gather(order).search_sorted(h))
+    # each row's slot by a join on the hash (twice as fast as a sorted search: 0.045 s for 868 k rows)
+    distinct = pl.DataFrame({"h": h.gather(firsts)}).with_row_index("slot")
+    slots = hashes.select("h").join(distinct, on="h", how="left", maintain_order="left").get_column("slot")
     check = hashes.get_column("check")
     if not bool((check.gather(firsts).gather(slots) == check).all()):
         return None
     return Distinct(firsts=firsts, slots=slots)
 
 
-def _leaves(expr: pl.Expr, dtype: pl.DataType) -> list[pl.Expr]:
-    """A struct as its fields, recursively, and whether it is null (a null struct is not a struct of
-    nulls): hashing the leaves one by one is 3-4x faster than hashing the struct (a Reference column of
-    947 k rows: 0.03 s against 0.1 s)."""
+def _leaves(column: pl.Series) -> list[pl.Series]:
+    """The columns that tell the values of ``column`` apart: a struct is its fields and, when some
+    rows are null, whether it is null (a null struct is not a struct of nulls); a leaf that is null on
+    every row is left out (it is the same on every row: a Reference's type, display and identifier
+    usually are). Hashing leaf by leaf is 3-4x faster than Polars' hash of the nested value (a
+    Reference column of 947 k rows: 0.03 s against 0.1 s)."""
+    if column.null_count() == column.len():
+        return []
+    if not isinstance(column.dtype, pl.Struct):
+        return [column]
+    fields = [leaf for field in column.struct.fields for leaf in _leaves(column.struct.field(field))]
+    return [column.is_null(), *fields] if column.null_count() else fields
+
+
+def _row_hash(leaves: pl.DataFrame, *, seed: int) -> pl.Expr:
+    seeds = count(seed)
+    return reduce(operator.xor, [_hash(pl.col(name), dtype, seeds) for name, dtype in leaves.schema.items()])
+
+
+def _hash(value: pl.Expr, dtype: pl.DataType, seeds: Iterator[int]) -> pl.Expr:
+    """A 64-bit hash of ``value`` made of the hashes of its leaves, each with its own seed (so equal
+    values in two leaves, or two leaves swapping values, do not cancel out). A list of structs is the
+    list of its items' hashes (CodeableConcept.coding: 0.04 s against 0.07 s for Polars' hash)."""
     if isinstance(dtype, pl.Struct):
-        return [expr.is_null()] + [
-            leaf for field in dtype.fields for leaf in _leaves(expr.struct.field(field.name), field.dtype)
-        ]
-    return [expr]
-
-
-def _combined(leaves: list[pl.Expr], *, seed: int) -> pl.Expr:
-    """One 64-bit hash of the leaves: each hashed with its own seed, so equal values in two leaves
-    (or two leaves swapping values) do not cancel out."""
-    combined = leaves[0].hash(seed=seed)
-    for offset, leaf in enumerate(leaves[1:], start=1):
-        combined = combined ^ leaf.hash(seed=seed + offset)
-    return combined
+        parts = [value.is_null().hash(seed=next(seeds))]
+        parts += [_hash(value.struct.field(f.name), f.dtype, seeds) for f in dtype.fields]
+        return reduce(operator.xor, parts)
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+        return value.list.eval(_hash(pl.element(), dtype.inner, seeds)).hash(seed=next(seeds))
+    return value.hash(seed=next(seeds))
