@@ -135,6 +135,7 @@ def load_batches(
             run = _Run(con, report, scratch)
             for number, batch in enumerate(batches, start=1):
                 run.add(batch, number)
+                del batch  # let it go before the next one is made, not after
             run.finish()
             _settle_orphans(con, run_id, report)
             version = vocabulary_version or warehouse_vocabulary_version(con)
@@ -228,22 +229,29 @@ class _Run:
     def _load_table(self, table: Table, parquet: Path, columns: list[str]) -> None:
         con, report = self.con, self.report
         self.rows += staging.stage(con, table, parquet, columns, self.rows)
-        if "_key" in columns:
-            staging.drop_superseded(con)
         if table.primary_key:
-            new, _keys = staging.allocate_ids(con, table, report.run_id, SIDE_SCHEMA, self.ids, known=True)
+            new, known = staging.allocate_ids(con, table, report.run_id, SIDE_SCHEMA, self.ids)
             report.new_ids[table.name] = report.new_ids.get(table.name, 0) + new
-            # A source key that moved to another record still owns its id: its old row goes.
-            accepted_ids = f"SELECT _id FROM {staging.STAGE} WHERE _status IS NULL"
-            _count(report.removed, table.name, _delete_rows(con, table, accepted_ids, []))
-            con.execute(
-                f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND omop_id IN ({accepted_ids})",
-                [table.name],
-            )
-            if table.name in self.held:
-                con.execute(f"DELETE FROM {_held(table.name)} WHERE _id IN ({accepted_ids})")
+            if known:  # a new id is above every id given so far: no row to replace (a first load)
+                self._replace_known_rows(table)
+        elif "_key" in columns:
+            staging.drop_superseded(con)
         refs = {c.removeprefix(REF_PREFIX) for c in columns if c.startswith(REF_PREFIX)}
         self._settle_stage(table, refs, hold=True)
+
+    def _replace_known_rows(self, table: Table) -> None:
+        """The rows of the stage's known keys that are already in (an earlier run's, or an earlier
+        batch's copy of the same record) go: a source key that moved to another record still owns
+        its id, and the later copy of a record wins."""
+        con = self.con
+        accepted_ids = f"SELECT _id FROM {staging.STAGE} WHERE _status IS NULL"
+        _count(self.report.removed, table.name, _delete_rows(con, table, accepted_ids, []))
+        con.execute(
+            f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE omop_table = ? AND omop_id IN ({accepted_ids})",
+            [table.name],
+        )
+        if table.name in self.held:
+            con.execute(f"DELETE FROM {_held(table.name)} WHERE _id IN ({accepted_ids})")
 
     def _settle_stage(self, table: Table, refs: Collection[str], *, hold: bool) -> None:
         """References, required values and text lengths of the staged rows; then the rows that can go
