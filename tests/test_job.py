@@ -127,3 +127,31 @@ def test_a_run_in_small_batches_loads_what_a_run_in_one_batch_loads(sources, tmp
         assert b.execute(joined).fetchall() == a.execute(joined).fetchall()
         runs = "SELECT count(*) FROM passerelle.run_log WHERE command = 'load'"
         assert b.execute(runs).fetchall() == a.execute(runs).fetchall() == [(1,)]
+
+
+def test_batches_made_ahead_come_in_order_and_errors_and_early_stops_reach_the_maker():
+    from pipelines.job.pipeline import Tally, _made_ahead
+    from pipelines.mapping.batch import MappedBatch
+    from pipelines.vocab import load_vocabulary
+
+    closed = []
+
+    def batches(fail_at: int | None = None):
+        try:
+            for n in range(4):
+                if n == fail_at:
+                    raise ValueError("mapper failed on batch 2")
+                yield MappedBatch(inputs={"Patient": n})
+        finally:
+            closed.append(fail_at)
+
+    tally = Tally(load_vocabulary())
+    assert [b.inputs["Patient"] for b in _made_ahead(batches(), tally)] == [0, 1, 2, 3]
+    assert closed == [None] and tally.timings["waiting for batches"] >= 0
+    with pytest.raises(ValueError, match="mapper failed on batch 2"):
+        list(_made_ahead(batches(fail_at=2), tally))
+    assert closed == [None, 2]
+    ahead = _made_ahead(batches(fail_at=-1), tally)
+    assert next(ahead).inputs == {"Patient": 0}
+    ahead.close()  # the load stopped: the maker thread ends and closes its source
+    assert closed == [None, 2, -1]

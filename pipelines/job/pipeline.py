@@ -6,6 +6,7 @@ import multiprocessing
 import queue as queue_module
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -174,11 +175,14 @@ class Tally:
         while True:
             started = time.perf_counter()
             batch = next(batches, None)
-            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 3)
+            self.add_time(name, time.perf_counter() - started)
             if batch is None:
                 return
             yield batch
             del batch  # let it go before the next one is made, not after
+
+    def add_time(self, name: str, seconds: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
 
     def coverage(self) -> pl.DataFrame | None:
         """``batch_coverage`` counts over every batch of the run (None when nothing was counted)."""
@@ -201,7 +205,59 @@ def load_sources(options: RunOptions, vocab: Vocabulary, targets: list, tally: T
     """
     from pipelines.warehouse import load_batches
 
-    return load_batches(_batches(options, vocab, tally), targets, vocab=vocab, export=False)
+    batches = _made_ahead(_batches(options, vocab, tally), tally)
+    try:
+        return load_batches(batches, targets, vocab=vocab, export=False)
+    finally:
+        batches.close()  # a failed load stops the mapping thread and the openEHR process
+
+
+def _made_ahead(batches: Iterator[MappedBatch], tally: Tally) -> Iterator[MappedBatch]:
+    """``batches``, the next one made in a thread while the caller loads this one.
+
+    DuckDB releases the GIL while it loads, and Polars while it maps, so mapping batch k + 1 beside
+    the load of batch k uses the second core when openEHR leaves it free. At most two batches are
+    in memory: the one being loaded and the one being made. The time the load waits for a batch is
+    ``tally.timings["waiting for batches"]``; the rest of the streamed step is the load's own.
+    """
+    handed: queue_module.Queue = queue_module.Queue()
+    permits = threading.Semaphore(1)  # one batch made ahead at a time
+    stop = threading.Event()
+
+    def make() -> None:
+        try:
+            while True:
+                permits.acquire()
+                if stop.is_set():
+                    return
+                batch = next(batches, None)
+                handed.put(batch)
+                if batch is None:
+                    return
+                del batch
+        except BaseException as error:  # raised again in the loading thread
+            handed.put(error)
+        finally:
+            batches.close()
+
+    maker = threading.Thread(target=make, name="passerelle-batches", daemon=True)
+    maker.start()
+    try:
+        while True:
+            started = time.perf_counter()
+            item = handed.get()
+            tally.add_time("waiting for batches", time.perf_counter() - started)
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                return
+            permits.release()  # make the next one while this one loads
+            yield item
+            del item
+    finally:
+        stop.set()
+        permits.release()
+        maker.join()
 
 
 def _batches(options: RunOptions, vocab: Vocabulary, tally: Tally) -> Iterator[MappedBatch]:
