@@ -446,3 +446,30 @@ def test_distinct_rows_of_codings_and_of_columns_null_on_every_row() -> None:
     assert found.slots.to_list() == [0, 1, 2, 3, 4, 0, 2]
     nothing = distinct_rows(pl.DataFrame({"never": [None] * 3}, schema={"never": concept}))
     assert nothing is not None and nothing.slots.to_list() == [0, 0, 0]
+
+
+def test_a_code_that_maps_to_two_standard_concepts_gives_a_row_each_beside_single_ones(
+    tmp_path: Path, vocab: Vocabulary
+) -> None:
+    # ICD10CM I48 (atrial fibrillation and flutter) maps to two SNOMED conditions in the starter vocabulary
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": _condition(
+                    {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]}, id=i
+                )
+            }
+            for i, code in (("c1", "E11"), ("c2", "I48"), ("c3", "E11"))
+        ],
+    }
+    rows = map_fhir([_write(tmp_path / "b.json", bundle)], vocab).tables["condition_occurrence"].sort("_key")
+    assert rows["_key"].to_list() == [
+        "fhir|Condition/c1",
+        "fhir|Condition/c2|313217",
+        "fhir|Condition/c2|314665",
+        "fhir|Condition/c3",
+    ]
+    assert rows["condition_concept_id"].to_list() == [201826, 313217, 314665, 201826]
+    assert rows["condition_source_value"].to_list() == ["E11", "I48", "I48", "E11"]

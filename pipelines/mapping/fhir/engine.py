@@ -498,9 +498,11 @@ class _Output:
             concepts = self.codeable(concept_spec, fan_out=True)
         else:
             raise MappingError(f"{self.where}: a routed output needs a concept facet")
-        frame = facets.with_columns(self.type_concepts().alias("type_concept_id")).join(
-            concepts, on="_row", how="left", maintain_order="left"
-        )
+        frame = facets.with_columns(self.type_concepts().alias("type_concept_id"))
+        if concepts.height == frame.height:  # one concept row per row, in order: no join to make
+            frame = frame.hstack(concepts.drop("_row"))
+        else:  # a code that maps to several standard concepts gives one row each
+            frame = frame.join(concepts, on="_row", how="left", maintain_order="left")
         frame = frame.with_columns(
             _value_concept(frame).alias("value_concept_id"),
             _end_or_supply(frame).alias("end_date_or_supply"),
@@ -524,10 +526,13 @@ class _Output:
             )
         )
         frame = frame.with_columns(key.alias("_key"), table.alias("_table"))
-        out = []
-        for (table,), rows in frame.partition_by("_table", as_dict=True).items():
-            out.append((table, self.to_table(table, rows)))
-        return out
+        # Each table takes its columns, then its rows (partitioning the whole frame first copied every
+        # facet column of every row: 0.36 s on 10 k patients)
+        tables = frame.get_column("_table")
+        names = tables.unique(maintain_order=True).to_list()
+        if len(names) == 1:
+            return [(names[0], self.to_table(names[0], frame))]
+        return [(name, self.to_table(name, frame).gather((tables == name).arg_true())) for name in names]
 
     def type_concepts(self) -> pl.Series:
         """The type concept of every row: one name, or a lookup of names (e.g. by category)."""
