@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import date, datetime, time
 from pathlib import Path
 
+import orjson
 import polars as pl
 import pytest
 from _openehr_compositions import (
@@ -215,6 +217,24 @@ def test_aql_pages_and_folders_per_ehr_give_the_ehr_of_every_composition(tmp_pat
         (OTHER_EHR, False),
         (EHR, True),
     ]
+
+
+def test_a_composition_without_uid_is_named_by_a_digest_of_its_whole_content(tmp_path):
+    # the digest covers every attribute of the composition, also those the reader does not keep
+    first = composition([blood_pressure(("2024-01-02T08:00:00Z", 120.0, 80.0))], uid=None)
+    second = {**first, "composer": {"_type": "PARTY_IDENTIFIED", "name": "Dr B"}}
+    page = {"columns": [{"path": "/ehr_id/value"}, {"path": "c"}], "rows": [[EHR, first], [EHR, second]]}
+    _write(tmp_path / "aql" / "page.json", page)
+    _write(tmp_path / "ehrs" / OTHER_EHR / "one.json", first)
+    export = read_openehr([tmp_path / "aql", tmp_path / "ehrs"])
+
+    def digest(ehr_id: str, document: dict) -> str:
+        text = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+        return "sha1-" + hashlib.sha1(ehr_id.encode() + text).hexdigest()[:32]
+
+    expected = [(digest(EHR, first), EHR), (digest(EHR, second), EHR), (digest(OTHER_EHR, first), OTHER_EHR)]
+    assert export.compositions.select("composition_uid", "ehr_id").rows() == expected
+    assert len({uid for uid, _ in expected}) == 3
 
 
 def test_bad_input_is_quarantined_with_file_path_and_reason_and_the_rest_still_loads(tmp_path):

@@ -19,7 +19,9 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import polars as pl
+from msgspec import UNSET
 
+from pipelines.sources.openehr.canonical import EMPTY, Node, present
 from pipelines.sources.openehr.times import parse_clock, parse_time
 
 ELEMENT_SCHEMA = {
@@ -151,9 +153,9 @@ class CompositionError(ValueError):
         self.reason = reason
 
 
-def composition_uid(composition: dict) -> tuple[str | None, str | None]:
+def composition_uid(composition: Node) -> tuple[str | None, str | None]:
     """``uid.value`` split into (uid without version, version tree id)."""
-    uid = (composition.get("uid") or {}).get("value")
+    uid = (composition.uid or {}).get("value")
     if not isinstance(uid, str) or not uid:
         return None, None
     parts = uid.split("::")
@@ -177,30 +179,8 @@ class FlatComposition:
         return [{**node["_scope"], **node} for node in self.nodes]
 
 
-def flatten_composition(
-    composition: dict,
-    *,
-    uid: str,
-    version: str | None,
-    ehr_id: str,
-    zone: ZoneInfo,
-    source_file: str,
-    position: int,
-) -> list[dict]:
-    """All rows of one composition (dicts in ELEMENT_SCHEMA's columns)."""
-    return walk_composition(
-        composition,
-        uid=uid,
-        version=version,
-        ehr_id=ehr_id,
-        zone=zone,
-        source_file=source_file,
-        position=position,
-    ).rows()
-
-
 def walk_composition(
-    composition: dict,
+    composition: Node,
     *,
     uid: str,
     version: str | None,
@@ -210,18 +190,21 @@ def walk_composition(
     position: int,
 ) -> FlatComposition:
     """The nodes of one composition in document order, the context first."""
-    if not isinstance(composition, dict) or composition.get("_type", "COMPOSITION") != "COMPOSITION":
+    if not isinstance(composition, Node) or composition.rm_type not in (UNSET, "COMPOSITION"):
         raise CompositionError("not_a_composition", "/", "the record is not a COMPOSITION")
-    context = composition.get("context")
-    if context is not None and not isinstance(context, dict):
+    context = composition.context
+    if context is not None and not isinstance(context, Node):
         raise CompositionError("malformed", "/context", "expected an object")
-    # context is optional on a COMPOSITION; when present its start_time is mandatory (RM 1.1.0)
-    start = _required_time(context.get("start_time"), "/context/start_time", zone) if context else None
-    context = context or {}
-    end = _time_value(context.get("end_time"), zone)
-    setting = ((context.get("setting") or {}).get("defining_code") or {}).get("code_string")
-    details = composition.get("archetype_details") or {}
-    archetype = composition.get("archetype_node_id") or (details.get("archetype_id") or {}).get("value")
+    if context == EMPTY:  # "context": {} is as good as none
+        context = None
+    start = end = setting = None
+    if context is not None:
+        # context is optional on a COMPOSITION; when present its start_time is mandatory (RM 1.1.0)
+        start = _required_time(context.start_time, "/context/start_time", zone)
+        end = _time_value(context.end_time, zone)
+        setting = ((context.setting or {}).get("defining_code") or {}).get("code_string")
+    details = composition.archetype_details or {}
+    archetype = composition.archetype_node_id or (details.get("archetype_id") or {}).get("value")
     base = {
         "composition_uid": uid,
         "composition_version": version,
@@ -237,9 +220,9 @@ def walk_composition(
     walker = _Walker(zone)
     if start is not None:
         walker.structural("/context", "/context", None, "EVENT_CONTEXT", base, start)
-    if isinstance(context.get("other_context"), dict):
-        walker.walk(context["other_context"], "/context", "/context", "other_context", None, base)
-    for index, item in enumerate(_as_list(composition.get("content"))):
+    if context is not None and isinstance(context.other_context, Node):
+        walker.walk(context.other_context, "/context", "/context", "other_context", None, base)
+    for index, item in enumerate(_as_list(composition.content)):
         walker.walk(item, "", "", "content", index, base)
     return FlatComposition(walker.nodes, walker.times)
 
@@ -261,11 +244,11 @@ class _Walker:
         index: int | None,
         scope: dict,
     ) -> None:
-        if not isinstance(node, dict):
+        if not isinstance(node, Node):
             raise CompositionError("malformed", f"{parent}/{attr}", "expected an object")
-        rm_type = node.get("_type")
-        node_id = node.get("archetype_node_id")
-        if rm_type is None:
+        rm_type = node.rm_type
+        node_id = node.archetype_node_id
+        if rm_type is None or rm_type is UNSET:
             rm_type = _implicit_type(attr, node)
         segment = f"{attr}[{node_id}]" if node_id else attr
         generic = f"{parent_generic}/{segment}"
@@ -292,8 +275,8 @@ class _Walker:
             if spanned is not None:
                 self.times.append(spanned)
         elif rm_type in EVENT_TYPES:
-            own_time = _required_time(node.get("time"), f"{indexed}/time", self.zone)
-            width = (node.get("width") or {}).get("value")
+            own_time = _required_time(present(node.time), f"{indexed}/time", self.zone)
+            width = (node.width or {}).get("value")
             scope = {
                 **scope,
                 "event_type": rm_type,
@@ -303,7 +286,7 @@ class _Walker:
             }
             self.times.append(own_time)
         elif rm_type == "HISTORY":
-            own_time = _time_value(node.get("origin"), self.zone)
+            own_time = _time_value(present(node.origin), self.zone)
         self.nodes.append(
             {
                 "path": generic,
@@ -316,8 +299,8 @@ class _Walker:
             }
         )
         for child_attr, single in children:
-            value = node.get(child_attr)
-            if value is None:
+            value = getattr(node, child_attr)
+            if value is None or value is UNSET:
                 continue
             if single:
                 self.walk(value, indexed, generic, child_attr, None, scope)
@@ -340,21 +323,21 @@ class _Walker:
             }
         )
 
-    def element(self, node: dict, indexed, generic, node_id, scope) -> None:
+    def element(self, node: Node, indexed, generic, node_id, scope) -> None:
         row = {
             "path": generic,
             "node_path": indexed,
             "node_id": node_id,
             "is_element": True,
-            "name": (node.get("name") or {}).get("value"),
+            "name": (node.name or {}).get("value"),
             "_scope": scope,
         }
-        flavour = node.get("null_flavour")
+        flavour = present(node.null_flavour)
         if isinstance(flavour, dict):
             row["null_flavour"] = (flavour.get("defining_code") or {}).get("code_string") or flavour.get(
                 "value"
             )
-        value = node.get("value")
+        value = present(node.value)
         if isinstance(value, dict):
             row["rm_type"] = value.get("_type") or _implicit_value_type(value)
             if row["rm_type"] not in VALUE_TYPES:
@@ -366,12 +349,12 @@ class _Walker:
             raise CompositionError("malformed", indexed, "ELEMENT value is not an object")
         self.nodes.append(row)
 
-    def _entry_time(self, node: dict, path: str) -> datetime | None:
-        if node.get("_type") == "ACTION":
-            return _required_time(node.get("time"), f"{path}/time", self.zone)
-        data = node.get("data")
-        if isinstance(data, dict) and "origin" in data:
-            return _time_value(data.get("origin"), self.zone)
+    def _entry_time(self, node: Node, path: str) -> datetime | None:
+        if node.rm_type == "ACTION":
+            return _required_time(present(node.time), f"{path}/time", self.zone)
+        data = node.data
+        if isinstance(data, Node) and data.origin is not UNSET:
+            return _time_value(data.origin, self.zone)
         return None
 
 
@@ -514,25 +497,25 @@ def _required_time(value: object, path: str, zone: ZoneInfo) -> datetime:
     return read.value
 
 
-def _implicit_type(attr: str, node: dict) -> str | None:
+def _implicit_type(attr: str, node: Node) -> str | None:
     """RM type of a node whose ``_type`` was left out (canonical JSON allows it where the attribute's
-    declared type is concrete); None when its keys do not say."""
-    archetype = _ARCHETYPE_RM_TYPE.match(str(node.get("archetype_node_id", "")))
+    declared type is concrete); None when its attributes do not say."""
+    archetype = _ARCHETYPE_RM_TYPE.match(str(node.archetype_node_id or ""))
     if archetype:
         return archetype.group(1)
-    if "value" in node or "null_flavour" in node:
+    if node.value is not UNSET or node.null_flavour is not UNSET:
         return "ELEMENT"
-    if "activities" in node:
+    if node.activities is not UNSET:
         return "INSTRUCTION"
-    if "ism_transition" in node:
+    if node.ism_transition is not UNSET:
         return "ACTION"
-    if "timing" in node and "description" in node:
+    if node.timing is not UNSET and node.description is not UNSET:
         return "ACTIVITY"
-    if "events" in node:
+    if node.events is not UNSET:
         return "HISTORY"
-    if "time" in node and attr == "events":
+    if node.time is not UNSET and attr == "events":
         return "POINT_EVENT"
-    if "items" in node:
+    if node.items is not UNSET:
         return "CLUSTER" if attr == "items" else "ITEM_TREE"
     return None
 

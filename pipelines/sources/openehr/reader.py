@@ -19,9 +19,11 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import polars as pl
+from msgspec import UNSET
 
 from pipelines.errors import PasserelleError
 from pipelines.mapping.batch import QUARANTINE_SCHEMA
+from pipelines.sources.openehr.canonical import EMPTY, DecodeError, Node, decode
 from pipelines.sources.openehr.flatten import (
     ELEMENT_SCHEMA,
     CompositionError,
@@ -120,26 +122,24 @@ class _Reader:
         self.quarantine: list[dict] = []
         self.inputs: dict[str, int] = {}
         self.superseded = 0
+        self.data = b""  # the file being read
 
     def read_file(self, path: Path) -> None:
         try:
-            document = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as error:
+            self.data = path.read_bytes()
+            document = decode(self.data)
+        except (OSError, DecodeError) as error:
             self._count(FILE)
-            reason = (
-                "the file is not JSON"
-                if isinstance(error, orjson.JSONDecodeError)
-                else "the file cannot be read"
-            )
+            reason = "the file is not JSON" if isinstance(error, DecodeError) else "the file cannot be read"
             self._quarantine(path, None, FILE, None, "malformed_json", reason)
             return
-        if isinstance(document, dict) and isinstance(document.get("rows"), list) and "columns" in document:
+        if isinstance(document, Node) and isinstance(document.rows, list) and document.columns is not UNSET:
             self._read_page(path, document)
-        elif isinstance(document, dict) and document.get("_type") == EHR_STATUS:
+        elif isinstance(document, Node) and document.rm_type == EHR_STATUS:
             self._count(EHR_STATUS)
             self._ehr(path.parent.name, path, has_status=True)
         elif _looks_like_composition(document):
-            self._read_composition(document, path.parent.name, path, 0)
+            self._read_composition(document, path.parent.name, path, 0, None)
         else:
             self._count(FILE)
             self._quarantine(
@@ -151,8 +151,8 @@ class _Reader:
                 "neither a COMPOSITION, an EHR_STATUS nor an AQL result set (columns and rows)",
             )
 
-    def _read_page(self, path: Path, page: dict) -> None:
-        columns = page.get("columns") if isinstance(page.get("columns"), list) else []
+    def _read_page(self, path: Path, page: Node) -> None:
+        columns = page.columns if isinstance(page.columns, list) else []
         ehr_column = next(
             (
                 i
@@ -161,13 +161,13 @@ class _Reader:
             ),
             None,
         )
-        for position, row in enumerate(page["rows"]):
-            composition = (
-                next((cell for cell in row if _looks_like_composition(cell)), None)
+        for position, row in enumerate(page.rows):
+            cell = (
+                next((i for i, cell in enumerate(row) if _looks_like_composition(cell)), None)
                 if isinstance(row, list)
                 else None
             )
-            if composition is None:
+            if cell is None:
                 self._count(COMPOSITION)
                 self._quarantine(
                     path, position, COMPOSITION, None, "malformed", "the AQL row holds no COMPOSITION"
@@ -180,19 +180,25 @@ class _Reader:
                     path,
                     position,
                     COMPOSITION,
-                    composition_uid(composition)[0],
+                    composition_uid(row[cell])[0],
                     "missing_subject",
                     "the AQL row has no ehr_id column (select e/ehr_id/value beside the composition)",
                 )
                 continue
-            self._read_composition(composition, ehr_id, path, position)
+            self._read_composition(row[cell], ehr_id, path, position, cell)
 
-    def _read_composition(self, composition: dict, ehr_id: str, path: Path, position: int) -> None:
+    def _read_composition(
+        self, composition: Node, ehr_id: str, path: Path, position: int, cell: int | None
+    ) -> None:
+        """``cell``: the composition's column in an AQL row, None when it is the whole file."""
         self._count(COMPOSITION)
         uid, version = composition_uid(composition)
         if uid is None:  # an export without uids: a stable id from the EHR and the content
-            digest = hashlib.sha1(ehr_id.encode() + orjson.dumps(composition, option=orjson.OPT_SORT_KEYS))
-            uid = f"sha1-{digest.hexdigest()[:32]}"
+            text = orjson.dumps(self._original(position, cell), option=orjson.OPT_SORT_KEYS)
+            uid = f"sha1-{hashlib.sha1(ehr_id.encode() + text).hexdigest()[:32]}"
+        if composition.context == EMPTY and self._original(position, cell).get("context"):
+            # only attributes Node leaves out: a context all the same, whose start time is missing
+            composition.context = Node(rm_type=None)
         try:
             flat = walk_composition(
                 composition,
@@ -213,18 +219,23 @@ class _Reader:
                 return
         self.sequence += 1
         self.kept[uid] = (self.sequence, version)
-        details = composition.get("archetype_details") or {}
+        details = composition.archetype_details or {}
         row = {
             "composition_uid": uid,
             "composition_version": version,
             "ehr_id": ehr_id,
             "template_id": (details.get("template_id") or {}).get("value"),
-            "composition_archetype": composition.get("archetype_node_id"),
+            "composition_archetype": composition.archetype_node_id,
             "source_file": str(path),
             "position": position,
         }
         self.keep(self.sequence, row, flat)
         self._ehr(ehr_id, path, has_status=False)
+
+    def _original(self, position: int, cell: int | None) -> dict:
+        """The composition as plain JSON, every attribute kept (rarely needed: decoded again)."""
+        document = orjson.loads(self.data)
+        return document if cell is None else document["rows"][position][cell]
 
     def _ehr(self, ehr_id: str, path: Path, *, has_status: bool) -> None:
         known = self.ehrs.setdefault(
@@ -264,11 +275,11 @@ class _Reader:
 
 
 def _looks_like_composition(value: object) -> bool:
-    if not isinstance(value, dict):
+    if not isinstance(value, Node):
         return False
-    if value.get("_type") == COMPOSITION:
+    if value.rm_type == COMPOSITION:
         return True
-    return "_type" not in value and str(value.get("archetype_node_id", "")).startswith(
+    return value.rm_type is UNSET and str(value.archetype_node_id or "").startswith(
         "openEHR-EHR-COMPOSITION."
     )
 
