@@ -4,19 +4,21 @@ The exact path (``reader.py``) decodes each record with msgspec into a Struct, w
 writes the Structs back as JSON and lets Arrow's JSON reader build the columns: two parses and a
 Python step per resource. Here Arrow's reader gets the source bytes themselves, a block of Bulk NDJSON
 lines or all the entries of one type of a Bundle, with the explicit schema of ``model.py``'s Structs
-plus ``resourceType``: one parse, in Arrow's threads, no Python object per resource (measured on the
-1 k-patient sources: 2.8 CPU s for the exact path, see docs/performance.md).
+plus ``resourceType``: one parse, no Python object per resource, in the reader's pool of threads
+(Arrow releases the GIL). Reading the 10 k-patient sources took 30-40 CPU s the exact way, 16-20
+this way, on a busy machine; about 55 % of what is left is Arrow's parse itself.
 
 A block is only taken when the result is what the exact path would give; anything else raises
 ``Unsound`` and the reader reads that block the exact way, so every quarantine row (file, position,
 reason) is the same as before. Arrow refuses what msgspec refuses (a string where a number belongs, an
 object where a list belongs, malformed JSON, an unescaped control character, invalid UTF-8 in a kept
 element), sometimes more (duplicate keys, numbers beyond a double): those blocks go the exact way.
-Where Arrow is laxer, the block is screened: ``NaN``/``Infinity`` literals (on the bytes), a ``null``
-list item, an integer outside FHIR's 32 bits, a number too large for a double (on the columns), two
-objects on one line (row count, no blank line), a record of another type (``resourceType``). One difference
-remains: an element that the Structs skip, nested deeper than msgspec's limit (about 1,000 levels),
-is read here and quarantined by the exact path.
+Where Arrow is laxer, the block is screened: ``NaN``/``Inf`` tokens and blank lines (on the bytes;
+in a Bundle msgspec's scan of the file has refused them already), a ``null`` list item, an integer
+outside FHIR's 32 bits, a number too large for a double (on the columns), two objects on one line
+(row count), a record of another type (``resourceType``). One difference remains: an element that
+the Structs skip, nested deeper than msgspec's limit (about 1,000 levels), is read here and
+quarantined by the exact path.
 """
 
 from __future__ import annotations
