@@ -57,8 +57,16 @@ def map_openehr(
     (default: the project's own, mappings/openehr). ``time_zone`` is the zone of times written
     without an offset (default $PASSERELLE_TIME_ZONE, else UTC)."""
     collector = _collector(mapping_dirs)
-    scan = read_compositions(paths, collector, time_zone=time_zone)
-    found = collector.found().where(pl.col("sequence").is_in(scan.compositions["sequence"].implode()))
+    parts: list[Found] = []
+
+    def keep(sequence: int, row: dict, flat: FlatComposition) -> None:
+        collector(sequence, row, flat)
+        if len(collector) >= _FLUSH_COMPOSITIONS:  # frames hold the rows in a fraction of the dicts' memory
+            parts.append(collector.found())
+
+    scan = read_compositions(paths, keep, time_zone=time_zone)
+    found = Found.concat([*parts, collector.found()])
+    found = found.where(pl.col("sequence").is_in(scan.compositions["sequence"].implode()))
     return _map(_Part(found, scan.ehrs, scan.quarantine, scan.inputs, scan.superseded), vocab)
 
 
@@ -85,7 +93,7 @@ def iter_openehr_batches(
 
         def keep(sequence: int, row: dict, flat: FlatComposition) -> None:
             collector(sequence, row, flat)
-            if len(collector) >= _FLUSH_COMPOSITIONS:
+            if len(collector) >= min(_FLUSH_COMPOSITIONS, max_compositions):
                 spill.write(collector.found())
 
         scan = read_compositions(paths, keep, time_zone=time_zone)
@@ -109,7 +117,7 @@ def iter_openehr_batches(
             yield _map(part, vocab)
 
 
-# compositions collected between two writes to the spill: some 10 MB of candidate rows
+# compositions collected as Python dicts before they become frames (or go to the spill)
 _FLUSH_COMPOSITIONS = 10_000
 
 
