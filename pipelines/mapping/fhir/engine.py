@@ -269,6 +269,7 @@ class _Output:
         self.rows = rows.rechunk().with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"))
         self.problems: list[pl.DataFrame] = []
         self.produced: list[tuple[str, pl.DataFrame]] = []  # (table, rows), once evaluated
+        self.parsed: dict[str, pl.DataFrame] = {}  # parse_dates by value spec
         self.where = f"{mapping.source.name}, output {output.name!r}"
 
     # --- values -----------------------------------------------------------------------------
@@ -318,7 +319,7 @@ class _Output:
                 pl.struct(pl.col("coding").cast(_CODEABLE_CONCEPT.fields[0].dtype), "text").alias("cc")
             )["cc"]
         if key in ("date", "datetime", "year", "month", "day"):
-            return self.date_part(key, self.raw(value))
+            return self.date_part(key, value)
         if key in ("concept", "source_concept", "code"):
             resolved = self.codeable(value, fan_out=False)
             column = {"concept": "concept_id", "source_concept": "source_concept_id", "code": "source_value"}[
@@ -336,21 +337,25 @@ class _Output:
         frame = self.rows.select("_scope", "_record_key").with_columns(ref.alias("_ref"))
         return self.engine.references.keys(frame, target_type)
 
-    def parse_dates(self, text: pl.Series) -> pl.DataFrame:
-        """Parsed dates of every row; a record with an impossible date is a quarantine problem."""
-        parsed = dates.parse(text)
-        bad = self.rows["_record_key"].filter(parsed["impossible"])
-        if bad.len():
-            self.problem(
-                bad,
-                "impossible_date",
-                f"The {self.mapping.resource} has a date or time that does not exist in the calendar "
-                f"(read by {self.where}).",
-            )
-        return parsed
+    def parse_dates(self, spec: Any) -> pl.DataFrame:
+        """Parsed dates of every row; a record with an impossible date is a quarantine problem. Once
+        per value spec: outputs read one element as a date and as a datetime (Encounter.period.start),
+        or as year, month, day and datetime (Patient.birthDate)."""
+        key = repr(spec)
+        if key not in self.parsed:
+            parsed = self.parsed[key] = dates.parse(self.raw(spec))
+            bad = self.rows["_record_key"].filter(parsed["impossible"])
+            if bad.len():
+                self.problem(
+                    bad,
+                    "impossible_date",
+                    f"The {self.mapping.resource} has a date or time that does not exist in the calendar "
+                    f"(read by {self.where}).",
+                )
+        return self.parsed[key]
 
-    def date_part(self, part: str, text: pl.Series) -> pl.Series:
-        parsed = self.parse_dates(text)
+    def date_part(self, part: str, spec: Any) -> pl.Series:
+        parsed = self.parse_dates(spec)
         day, precision = pl.col("date"), pl.col("precision")
         expr = {
             "datetime": pl.col("datetime"),
@@ -455,7 +460,7 @@ class _Output:
                 ).to_series()
                 cols[f"{name}_source_value"] = resolved["source_value"]
             elif name in _DATES:
-                parsed = self.parse_dates(self.raw(spec))
+                parsed = self.parse_dates(spec)
                 cols[f"{name}_date"] = parsed["date"]
                 cols[f"{name}_datetime"] = parsed["datetime"]
             elif name in _REFS:
