@@ -247,17 +247,25 @@ def test_fast_path_equals_the_exact_path_on_bundles(sources, shared, tmp_path, m
     entries[5]["resource"].pop("id")  # named by its fullUrl
     entries[6]["request"] = {"method": "GET", "url": "Observation?code=x"}
     entries[7] = {"fullUrl": "urn:uuid:none"}  # no resource
+    entries[8]["resource"] = None
+    entries[10]["resource"] = {"status": "final", **entries[10]["resource"]}  # resourceType not first
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     (tmp_path / "pretty.json").write_text(json.dumps(bundle, indent=2))
     entries[9]["resource"]["category"] = [None]  # the exact path quarantines this entry
     (tmp_path / "awkward.json").write_text(json.dumps(bundle))
+    entries[9]["resource"]["category"] = []
+    entries[11] = {"request": {"method": "DELETE", "url": "Observation/o11"}}
+    (tmp_path / "delete.json").write_text(json.dumps(bundle))
     paths = [sources / "fhir", shared / "samples/fhir", tmp_path]
     fast = reader.read_fhir(paths)
     _exact(monkeypatch)
     exact = reader.read_fhir(paths)
 
     _assert_same(fast, exact)
-    assert "fhir|Observation/u5" in set(exact.resources["Observation"]["_record_key"])
+    assert {"fhir|Observation/u5", "fhir|Observation/o10"} <= set(
+        exact.resources["Observation"]["_record_key"]
+    )
+    assert "fhir|Observation/o11" in exact.deletions["_record_key"].to_list()
     assert exact.quarantine.filter(pl.col("record_id") == "o9")["reason_code"].to_list() == [
         "invalid_element"
     ]
