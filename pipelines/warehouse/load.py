@@ -186,7 +186,7 @@ class _Run:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, report: LoadReport, scratch: Path) -> None:
         self.con, self.report, self.scratch = con, report, scratch
-        self.ids = staging.IdRange()
+        self.ids = staging.RunIds(SIDE_SCHEMA)
         self.held: set[str] = set()  # tables with rows held back
         self.rows = 0  # rows staged so far: the next staged row's number
 
@@ -258,7 +258,7 @@ class _Run:
         in are inserted with their lineage, the others quarantined or (``hold``) held back."""
         con, report, run_id = self.con, self.report, self.report.run_id
         counts = staging.StageCounts()
-        staging.resolve_references(con, table, SIDE_SCHEMA, counts, columns=refs, hold=hold)
+        staging.resolve_references(con, table, self.ids, counts, columns=refs, hold=hold)
         staging.check_required(con, table)
         staging.truncate_text(con, table, counts)
         for key, n in counts.nulled_references.items():

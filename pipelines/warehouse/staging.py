@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.cdm.spec import Table
+from pipelines.cdm.spec import Table, cdm_schema
 from pipelines.errors import WarehouseError
 from pipelines.mapping.batch import LINEAGE_COLUMNS, REF_PREFIX
 from pipelines.warehouse.cdm_tables import duckdb_type, quoted, references
@@ -125,7 +125,7 @@ _DUPLICATE = ("duplicate_key", "a later row of this batch has the same source ke
 
 
 def allocate_ids(
-    con: duckdb.DuckDBPyConnection, table: Table, run_id: int, side: str, ids: IdRange
+    con: duckdb.DuckDBPyConnection, table: Table, run_id: int, side: str, ids: RunIds
 ) -> tuple[int, int]:
     """Give every new source key the next id of its table; known keys keep theirs. Returns the new
     keys and the known ones.
@@ -134,7 +134,8 @@ def allocate_ids(
     others are noted as duplicates. Both come from one grouping of the stage by key (a window over
     the stage for the duplicates and three passes for the ids took 2.5 times longer at 10k patients).
     """
-    base = ids.base(con, table, side)
+    base = ids.highest(con, table)
+    known_ids = ids.of(con, table)
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {_KEYS} AS
             SELECT k._key, k.live, k.last_row, m.omop_id IS NULL AS new,
@@ -143,9 +144,8 @@ def allocate_ids(
             FROM (SELECT _key, count(*) FILTER (WHERE _status IS NULL) AS live,
                          max(_row) FILTER (WHERE _status IS NULL) AS last_row
                   FROM {STAGE} WHERE _key IS NOT NULL GROUP BY _key) k
-            LEFT JOIN (SELECT source_key, omop_id FROM {side}.id_map WHERE omop_table = ?) m
-              ON m.source_key = k._key""",
-        [base, table.name],
+            LEFT JOIN {known_ids} m ON m.source_key = k._key""",
+        [base],
     )
     new, known, duplicated = con.execute(
         "SELECT count(*) FILTER (WHERE new), count(*) FILTER (WHERE NOT new),"
@@ -167,26 +167,46 @@ def allocate_ids(
                 SELECT ?, _key, omop_id, ? FROM {_KEYS} WHERE new""",
             [table.name, run_id],
         )
+        con.execute(f"INSERT INTO {known_ids} SELECT _key, omop_id FROM {_KEYS} WHERE new")
         ids.taken(table, base + new)
     con.execute(f"UPDATE {STAGE} s SET _id = k.omop_id FROM {_KEYS} k WHERE k._key = s._key")
     return new, known
 
 
-class IdRange:
-    """The highest id given so far per table, looked up once per run and then carried along."""
+class RunIds:
+    """The id map of each table a run touches, copied once into a temporary table of its own and
+    kept up to date with the ids the run gives.
 
-    def __init__(self) -> None:
+    Every batch looks keys up for its own tables and for the tables its references point at; within
+    the run's transaction DuckDB scans the whole id map for that (zone maps do not prune the rows the
+    transaction itself wrote), so a run's lookups grew with the square of its size. Per table, a
+    person reference reads the persons' keys only.
+    """
+
+    def __init__(self, side: str) -> None:
+        self._side = side
         self._highest: dict[str, int] = {}
 
-    def base(self, con: duckdb.DuckDBPyConnection, table: Table, side: str) -> int:
+    def of(self, con: duckdb.DuckDBPyConnection, table: Table) -> str:
+        """The temporary table (source_key, omop_id) of ``table``'s keys."""
+        name = f"_passerelle_ids__{table.name}"
         if table.name not in self._highest:
-            pk = quoted(table.primary_key[0])
-            self._highest[table.name] = con.execute(
-                f"""SELECT greatest(
-                      (SELECT coalesce(max(omop_id), 0) FROM {side}.id_map WHERE omop_table = ?),
-                      (SELECT coalesce(max({pk}), 0) FROM main.{table.name}))""",
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {name} AS "
+                f"SELECT source_key, omop_id FROM {self._side}.id_map WHERE omop_table = ?",
                 [table.name],
-            ).fetchall()[0][0]
+            )
+            highest = con.execute(f"SELECT coalesce(max(omop_id), 0) FROM {name}").fetchall()[0][0]
+            if table.primary_key:
+                pk = quoted(table.primary_key[0])
+                in_table = f"SELECT coalesce(max({pk}), 0) FROM main.{table.name}"
+                highest = max(highest, con.execute(in_table).fetchall()[0][0])
+            self._highest[table.name] = highest
+        return name
+
+    def highest(self, con: duckdb.DuckDBPyConnection, table: Table) -> int:
+        """The highest id of ``table`` so far: in its id map or in the table itself."""
+        self.of(con, table)
         return self._highest[table.name]
 
     def taken(self, table: Table, highest: int) -> None:
@@ -196,7 +216,7 @@ class IdRange:
 def resolve_references(
     con: duckdb.DuckDBPyConnection,
     table: Table,
-    side: str,
+    ids: RunIds,
     counts: StageCounts,
     *,
     columns: Collection[str],
@@ -210,6 +230,7 @@ def resolve_references(
     of the run may bring the record it points at. Otherwise a required column sends the row to
     quarantine, an optional one becomes NULL.
     """
+    schema = cdm_schema()
     for name, column in references(table).items():
         if name not in columns:
             continue
@@ -222,12 +243,11 @@ def resolve_references(
             f"""UPDATE {STAGE} s SET {quoted(name)} = r.omop_id
                 FROM (SELECT s2._row, m.omop_id
                       FROM {STAGE} s2
-                      LEFT JOIN (SELECT source_key, omop_id FROM {side}.id_map
-                                 WHERE omop_table = ? AND omop_id IN ({existing})) m
+                      LEFT JOIN (SELECT source_key, omop_id FROM {ids.of(con, schema.table(target))}
+                                 WHERE omop_id IN ({existing})) m
                         ON m.source_key = s2.{quoted(ref)}
                       WHERE s2.{quoted(ref)} IS NOT NULL) r
-                WHERE s._row = r._row""",
-            [target],
+                WHERE s._row = r._row"""
         )
         unresolved = f"{quoted(ref)} IS NOT NULL AND {quoted(name)} IS NULL"
         if hold:
