@@ -282,13 +282,12 @@ def _run(plan: _Plan, nodes: list[dict]) -> tuple[list[dict], list[dict], dict[s
         evidence = False
         missing = None
         for name, optional, steps in row_plan.fields:
-            resolved, from_element = _evaluate(steps, nodes)
-            if resolved is None:
+            from_element = _evaluate(steps, nodes, row)
+            if from_element is None:
                 if not optional:
                     missing = name  # the row is not given: its other fields do not matter
                     break
                 continue
-            row.update(resolved)
             evidence = evidence or from_element
         anchor = nodes[row_plan.anchor]["_scope"]
         focus_path = nodes[row_plan.focus]["node_path"]
@@ -319,12 +318,14 @@ def _run(plan: _Plan, nodes: list[dict]) -> tuple[list[dict], list[dict], dict[s
     return candidates, incomplete, dict(plan.custom)
 
 
-def _evaluate(steps: tuple, nodes: list[dict]) -> tuple[dict | None, bool]:
-    """The first step that gives a value: ({output column: value}, whether an element gave it)."""
+def _evaluate(steps: tuple, nodes: list[dict], row: dict) -> bool | None:
+    """Writes the first step that gives a value into ``row``: whether an element gave it, None
+    when no step did."""
     for step in steps:
         kind = step[0]
         if kind == _CONST:
-            return step[1], False
+            row.update(step[1])
+            return False
         if kind == _MULTIPLY:
             product = 1.0
             for factor in step[2]:
@@ -335,14 +336,14 @@ def _evaluate(steps: tuple, nodes: list[dict]) -> tuple[dict | None, bool]:
                     break
                 product *= numbers[0]
             else:
-                return {step[1]: product}, True
+                row[step[1]] = product
+                return True
             continue
         _, read, found = step
         for i, element in found:
-            resolved = read(nodes[i])
-            if resolved is not None:
-                return resolved, element
-    return None, False
+            if read(nodes[i], row):
+                return element
+    return None
 
 
 @dataclass(frozen=True)
@@ -478,63 +479,79 @@ def _driver(tree: _Tree, mapping: RowMapping, anchor: dict) -> tuple[list[dict],
     return [anchor], None
 
 
-def _reader(role: dict, alternative: Alternative) -> Callable[[dict], dict | None]:
-    """What one node gives for a field of this role, None when it gives nothing usable; the role
-    and the alternative are looked at once per plan, not once per node."""
+def _reader(role: dict, alternative: Alternative) -> Callable[[dict, dict], bool]:
+    """Writes what one node gives for a field of this role into the row; False when it gives
+    nothing usable. The role and the alternative are looked at once per plan, not once per node,
+    and the values go straight into the row (no dict per field to merge)."""
     kind, out = role["role"], role["output"]
     if kind == "time":
 
-        def read(node: dict) -> dict | None:
+        def read(node: dict, row: dict) -> bool:
             value = _node_time(node)
-            return {out: value} if value is not None else None
+            if value is None:
+                return False
+            row[out] = value
+            return True
 
     elif alternative.kind == "conceptMap":
         concepts = dict(alternative.concept_map)
         column = "value_const" if out == "value" else f"{out}_const"
 
-        def read(node: dict) -> dict | None:
+        def read(node: dict, row: dict) -> bool:
             mapped = concepts.get(node.get("value_code") or "")
-            return {column: mapped} if mapped is not None else None
+            if mapped is None:
+                return False
+            row[column] = mapped
+            return True
 
     elif kind == "concept":
         code, system, text = f"{out}_code", f"{out}_system", f"{out}_text"
 
-        def read(node: dict) -> dict | None:
+        def read(node: dict, row: dict) -> bool:
             if node.get("value_code") is None and node.get("value_text") is None:
-                return None
-            return {
-                code: node.get("value_code"),
-                system: node.get("value_terminology"),
-                text: node.get("value_text"),
-            }
+                return False
+            row[code] = node.get("value_code")
+            row[system] = node.get("value_terminology")
+            row[text] = node.get("value_text")
+            return True
 
     elif kind == "value" and out == "value":
 
-        def read(node: dict) -> dict | None:
-            if node.get("rm_type") is None:  # an ELEMENT with only a null_flavour
-                return None
-            return {
-                "value_number": node.get("value_number"),
-                "value_code": node.get("value_code"),
-                "value_system": node.get("value_terminology"),
-                "value_text": node.get("value_text"),
-                "value_boolean": node.get("value_boolean"),
-                "value_type": node.get("rm_type"),
-            }
+        def read(node: dict, row: dict) -> bool:
+            rm_type = node.get("rm_type")
+            if rm_type is None:  # an ELEMENT with only a null_flavour
+                return False
+            row["value_number"] = node.get("value_number")
+            row["value_code"] = node.get("value_code")
+            row["value_system"] = node.get("value_terminology")
+            row["value_text"] = node.get("value_text")
+            row["value_boolean"] = node.get("value_boolean")
+            row["value_type"] = rm_type
+            return True
 
     elif kind in ("value", "number", "text"):
         column = _VALUE_COLUMNS[out] if kind == "value" else f"value_{kind}"
 
-        def read(node: dict) -> dict | None:
+        def read(node: dict, row: dict) -> bool:
             value = node.get(column)
-            return {out: value} if value is not None else None
+            if value is None:
+                return False
+            row[out] = value
+            return True
 
     elif kind == "year":
-        read = _birth_year
+
+        def read(node: dict, row: dict) -> bool:
+            year = _birth_year(node)
+            if year is None:
+                return False
+            row["birth_year"] = year
+            return True
+
     else:
 
-        def read(node: dict) -> dict | None:
-            return None
+        def read(node: dict, row: dict) -> bool:
+            return False
 
     return read
 
@@ -561,20 +578,20 @@ def _node_time(node: dict) -> datetime | None:
     return None
 
 
-def _birth_year(node: dict) -> dict | None:
+def _birth_year(node: dict) -> int | None:
     if node.get("value_datetime") is not None:
-        return {"birth_year": node.get("value_datetime").year}
+        return node["value_datetime"].year
     number = node.get("value_number")
     if number is None:
         return None
     if node.get("rm_type") == "DV_DURATION":
         years = number / _SECONDS_PER_YEAR
     elif number >= 1800:  # a year written as a number
-        return {"birth_year": int(number)}
+        return int(number)
     else:
         years = number
     scope = node["_scope"]
     recorded = scope.get("event_time") or scope.get("entry_time") or scope["context_start"]
     if recorded is None:
         return None
-    return {"birth_year": int((recorded.year + recorded.timetuple().tm_yday / 366) - years)}
+    return int((recorded.year + recorded.timetuple().tm_yday / 366) - years)

@@ -358,13 +358,20 @@ class _Walker:
         return None
 
 
+# the data values with a magnitude status and a normal range
+_QUANTIFIED_TYPES = frozenset(
+    {"DV_QUANTITY", "DV_COUNT", "DV_PROPORTION", "DV_ORDINAL", "DV_SCALE", "DV_DURATION"}
+)
+
+
 def _read_value(row: dict, value: dict, zone: ZoneInfo, path: str) -> None:
     """Fill the typed value columns from one DATA_VALUE."""
     kind = row["rm_type"]
-    if kind in ("DV_QUANTITY", "DV_COUNT", "DV_PROPORTION", "DV_ORDINAL", "DV_SCALE", "DV_DURATION"):
+    if kind in _QUANTIFIED_TYPES:
         row["magnitude_status"] = value.get("magnitude_status")
-        low, high = _interval_bounds(value.get("normal_range"))
-        row["normal_low"], row["normal_high"] = low, high
+        normal = value.get("normal_range")
+        if normal is not None:
+            row["normal_low"], row["normal_high"] = _interval_bounds(normal)
     if kind in ("DV_QUANTITY", "DV_COUNT"):
         row["value_number"] = _number(value.get("magnitude"), path)
         row["value_units"] = value.get("units")
@@ -459,6 +466,8 @@ def _bound(value: object) -> float | None:
 
 
 def _number(value: object, path: str) -> float | None:
+    if type(value) is float:  # nearly always: the checks below are for the rest
+        return value
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
