@@ -64,8 +64,10 @@ class ReferenceIndex:
         )
 
     def candidates(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The fullUrls whose (Bundle, url) hash is that of a reference of ``frame``, in their order."""
-        wanted = frame.select(_url_hash(pl.col("_ref").struct.field("reference"))).to_series()
+        """The fullUrls whose (Bundle, url) hash is that of a reference of ``frame``, in their order.
+        A reference outside any Bundle with fullUrls (``_scope`` null: Bulk NDJSON) has none."""
+        reference = pl.col("_ref").struct.field("reference")
+        wanted = frame.filter(pl.col("_scope").is_not_null()).select(_url_hash(reference)).to_series()
         start = self.sorted_hashes.search_sorted(wanted, side="left")
         stop = self.sorted_hashes.search_sorted(wanted, side="right")
         positions = (
