@@ -77,7 +77,13 @@ def resolve_concepts(
     wanted = distinct.join(vocabulary_of, on=system, how="left", nulls_equal=True, maintain_order="left")
     found = _find(wanted.get_column(_VOCAB), wanted.get_column(code), vocab.indexed_lookup())
     found = found.with_columns(slot=pl.Series(used.astype(np.uint32)).gather(found.get_column("slot")))
-    source_value = pl.col(code).cast(pl.Utf8).alias(f"{prefix}source_value")
+    source_value: pl.Expr | pl.Series = pl.col(code).cast(pl.Utf8).alias(f"{prefix}source_value")
+    if _is_categorical(keys, code):
+        # the text of each slot's code, gathered onto the rows: cheaper than casting every row to text
+        position = np.full(len(first_row), len(used))
+        position[used] = np.arange(len(used))
+        texts = pl.concat([distinct.get_column(code), pl.Series([None], dtype=pl.Utf8)])
+        source_value = texts.gather(position).alias(f"{prefix}source_value")
     return _attach(frame, slot, len(first_row), found, names, source_value)
 
 
@@ -442,10 +448,11 @@ def _attach(
     n_slots: int,
     found: pl.DataFrame,
     names: dict[str, str],
-    source_value: pl.Expr,
+    source_value: pl.Expr | pl.Series,
 ) -> pl.DataFrame:
     """Add ``found``'s columns to every row of ``frame`` through its slot (concept ids 0 and nulls where
-    the slot found nothing), and ``source_value``. Every row gets its slot's first found row in place,
+    the slot found nothing), and ``source_value`` (an expression on the frame, or a value per slot). Every
+    row gets its slot's first found row in place,
     without copying the frame; the further targets of one-to-many slots become extra copies of their
     rows, appended after all rows."""
     found = found.sort("slot", "concept_id", maintain_order=True)
@@ -460,7 +467,11 @@ def _attach(
     # per slot: its first found row (or the null row); then one gather per row and column
     per_slot_values = values.gather(np.where(per_slot > 0, first_of_slot, found.height))
     index = pl.Series(slot)
-    out = frame.with_columns(*_gather(per_slot_values, index).get_columns(), source_value)
+    if isinstance(source_value, pl.Series):
+        per_slot_values = per_slot_values.with_columns(source_value)
+    out = frame.with_columns(*_gather(per_slot_values, index).get_columns())
+    if isinstance(source_value, pl.Expr):
+        out = out.with_columns(source_value)
     several = per_slot > 1
     if not several.any():
         return out
@@ -470,7 +481,10 @@ def _attach(
     rows = np.repeat(rows, repeats)
     within = 1 + np.arange(len(rows)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
     more = frame.gather(rows).with_columns(
-        *values.gather(np.repeat(first_of_slot[slot_of_row], repeats) + within).get_columns(), source_value
+        *values.gather(np.repeat(first_of_slot[slot_of_row], repeats) + within).get_columns(),
+        source_value
+        if isinstance(source_value, pl.Expr)
+        else source_value.gather(np.repeat(slot_of_row, repeats)),
     )
     return pl.concat([out, more])
 
