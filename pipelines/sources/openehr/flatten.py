@@ -1,4 +1,5 @@
-"""A canonical-JSON COMPOSITION flattened into rows: one per ELEMENT, plus one per structural node.
+"""A COMPOSITION (decoded by ``canonical.py``) walked into rows: one per ELEMENT, plus one per
+structural node.
 
 Structural nodes (entries, events, clusters, item trees, the context) get a row too, carrying their
 own time, so an OMOCL path may point at an event (``/data[at0001]/events[at0002]``: its time) or at

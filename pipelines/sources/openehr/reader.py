@@ -3,8 +3,9 @@
 A folder per EHR is named by its ehr_id and holds canonical-JSON compositions, optionally its
 ``ehr_status.json``. An AQL page is ``{"columns": [...], "rows": [[...], ...]}`` whose columns
 include the EHR id (path ending in ``ehr_id/value``) and a COMPOSITION. Every composition is
-flattened once into the long frame of ``flatten.py``; one that cannot be read is quarantined with
-its file, position, path and reason, and the others still load.
+decoded (``canonical.py``) and walked (``flatten.py``) once, then handed on as soon as it is read:
+``read_openehr`` gathers the long frame, the mapper maps it there and then (``collect.py``). One
+that cannot be read is quarantined with its file, position, path and reason; the others still load.
 """
 
 from __future__ import annotations
