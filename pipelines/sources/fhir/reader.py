@@ -76,22 +76,6 @@ class _LogEvent(msgspec.Struct):
 _log_event = msgspec.json.Decoder(_LogEvent)
 
 
-class _EntryHead(msgspec.Struct):
-    """What the fast path needs to know of a Bundle entry before parsing its resource."""
-
-    resource: model.Envelope | None = None
-    request: model.BundleRequest | None = None
-
-
-class _BundleHeads(msgspec.Struct):
-    resourceType: str
-    entry: list[_EntryHead] | None = None
-
-
-_raw_bundle = msgspec.json.Decoder(model.Bundle)  # entries' resources as raw bytes
-_bundle_heads = msgspec.json.Decoder(_BundleHeads)
-
-
 @dataclass
 class StagedFhir:
     """What the reader found, as frames. ``resources`` has one frame per resource type with the
@@ -698,6 +682,22 @@ def _parse_ndjson(data: bytes, lines: int, file: str, first: int) -> tuple[str, 
         version=_VERSION,
         scope=pl.lit(0, dtype=pl.Int64),  # numbered when the block is taken, in reading order
     )
+
+
+class _EntryHead(msgspec.Struct):
+    """What the fast path needs to know of a Bundle entry before parsing its resource."""
+
+    resource: model.Envelope | None = None
+    request: model.BundleRequest | None = None
+
+
+class _BundleHeads(msgspec.Struct):
+    resourceType: str
+    entry: list[_EntryHead] | None = None
+
+
+_raw_bundle = msgspec.json.Decoder(model.Bundle)  # entries' resources as raw bytes
+_bundle_heads = msgspec.json.Decoder(_BundleHeads)
 
 
 def _bundle_parses(data: bytes, file: str, pool: Executor) -> list[Future] | None:
