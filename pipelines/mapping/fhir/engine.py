@@ -5,6 +5,11 @@ paths are struct/list expressions, references and concepts are joins. Per record
 of: rows (``mapped``), a rule that filtered it (``filtered``, by reason), or the quarantine (a
 missing subject, an impossible date...). A record that passes the filters and gives no row is
 counted as filtered with the mapping's ``no_rows_reason`` so that the books always balance.
+
+Speed (docs/performance.md): a mapping reads millions of repeated values (a patient's subject on every
+Observation, a few dozen codes, one effective time per encounter), so the costly steps, references
+(reference_index.py), dates and codes, run once per distinct value (distinct.py); each output reads,
+gathers and explodes only the columns it uses; the outputs run side by side in a pool of threads.
 """
 
 from __future__ import annotations
