@@ -58,6 +58,8 @@ _CHUNK = 20_000
 # is not sound is halved down to _EXACT_LINES lines, read line by line.
 _BLOCK_BYTES = 8 << 20
 _EXACT_LINES = 256
+# How many bad lines of a block are cut out where Arrow says it stopped, before halving instead.
+_ROW_SPLITS = 4
 # Threads parsing blocks while the main thread reads the next ones, and how many units may be read
 # ahead of the one being taken (the memory of the pipeline: a few blocks or Bundle files).
 _PARSERS = 2
@@ -214,9 +216,11 @@ class _Staging:
 
     def _take(self, unit: _Unit, max_records: int | None) -> Iterator[None]:
         if isinstance(unit, _Block):
-            parsed = unit.parsed.result()
-            if parsed is None:
-                yield from self._read_lines(_lines(unit.data), unit.file, unit.first, max_records)
+            try:
+                parsed = unit.parsed.result()
+            except columnar.Unsound as refusal:
+                lines = _lines(unit.data)
+                yield from self._read_around(lines, unit.file, unit.first, refusal.row, max_records)
             else:
                 yield from self._take_rows(*parsed, max_records)
         elif isinstance(unit, _BundleFile):
@@ -255,20 +259,57 @@ class _Staging:
             )
             start += rows
 
+    def _read_around(
+        self, lines: list[bytes], file: str, first: int, row: int | None, max_records: int | None
+    ) -> Iterator[None]:
+        """NDJSON lines that did not parse as one block, where Arrow stopped at ``row``: the lines
+        before it as one block, that line the exact way, the lines after as one block, again
+        (a few times: then, or without a row, in halves). One bad line costs two parses."""
+        for _ in range(_ROW_SPLITS):
+            if row is None or not 0 <= row < len(lines):
+                break
+            yield from self._read_lines(lines[:row], file, first, max_records)
+            yield from self._read_exact(lines[row : row + 1], file, first + row, max_records)
+            lines, first = lines[row + 1 :], first + row + 1
+            if not lines:
+                return
+            try:
+                parsed = _parse_ndjson(b"".join(lines), len(lines), file, first)
+            except columnar.Unsound as refusal:
+                row = refusal.row
+            else:
+                yield from self._take_rows(*parsed, max_records)
+                return
+        yield from self._read_halves(lines, file, first, max_records)
+
     def _read_lines(
         self, lines: list[bytes], file: str, first: int, max_records: int | None
     ) -> Iterator[None]:
-        """NDJSON lines ``first``, ``first + 1``... that did not parse as one block: in halves,
-        down to blocks small enough to read line by line (a bad line costs a few more parses)."""
-        if len(lines) > _EXACT_LINES:
-            half = len(lines) // 2
-            for part, start in ((lines[:half], first), (lines[half:], first + half)):
-                parsed = _parse_ndjson(b"".join(part), len(part), file, start)
-                if parsed is None:
-                    yield from self._read_lines(part, file, start, max_records)
-                else:
-                    yield from self._take_rows(*parsed, max_records)
+        """NDJSON lines as one block if they are sound, else in halves."""
+        if not lines:
             return
+        try:
+            parsed = _parse_ndjson(b"".join(lines), len(lines), file, first)
+        except columnar.Unsound:
+            yield from self._read_halves(lines, file, first, max_records)
+        else:
+            yield from self._take_rows(*parsed, max_records)
+
+    def _read_halves(
+        self, lines: list[bytes], file: str, first: int, max_records: int | None
+    ) -> Iterator[None]:
+        """Lines that did not parse as one block: in halves, down to blocks small enough to read
+        the exact way (many bad lines cost a few parses each)."""
+        if len(lines) <= _EXACT_LINES:
+            yield from self._read_exact(lines, file, first, max_records)
+            return
+        half = len(lines) // 2
+        yield from self._read_lines(lines[:half], file, first, max_records)
+        yield from self._read_lines(lines[half:], file, first + half, max_records)
+
+    def _read_exact(
+        self, lines: list[bytes], file: str, first: int, max_records: int | None
+    ) -> Iterator[None]:
         for position, line in enumerate(lines, start=first):
             if max_records and self.records() >= max_records:
                 yield
@@ -661,18 +702,16 @@ def _ndjson_blocks(path: Path, file: str, pool: Executor) -> Iterator[_Unit]:
         yield _Broken(path, file, first, error)
 
 
-def _parse_ndjson(data: bytes, lines: int, file: str, first: int) -> tuple[str, pl.DataFrame] | None:
-    """A block of NDJSON lines of one resource type as staged rows, or None for the exact path."""
+def _parse_ndjson(data: bytes, lines: int, file: str, first: int) -> tuple[str, pl.DataFrame]:
+    """A block of NDJSON lines of one resource type as staged rows; raises ``columnar.Unsound``
+    when it needs the exact path."""
     kind = _ndjson_kind(data)
     if kind is None:
-        return None
-    try:
-        frame = columnar.parse_block(data, kind, lines)
-    except columnar.Unsound:
-        return None
+        raise columnar.Unsound("the first line is not a resource the fast path reads", row=0)
+    frame = columnar.parse_block(data, kind, lines)
     ids = frame.get_column("id")
     if ids.null_count() or (ids == "").any():
-        return None  # the exact path quarantines a record without id
+        raise columnar.Unsound("a record without id")  # the exact path quarantines it
     return kind, _with_lineage(
         frame,
         kind,
