@@ -269,3 +269,22 @@ def test_fast_path_equals_the_exact_path_on_bundles(sources, shared, tmp_path, m
     assert exact.quarantine.filter(pl.col("record_id") == "o9")["reason_code"].to_list() == [
         "invalid_element"
     ]
+
+
+def test_a_bad_line_alone_goes_the_exact_way(tmp_path, monkeypatch):
+    lines = [json.dumps(_observation(i)).encode() for i in range(2000)]
+    lines[1500] = lines[1500][:40]  # cut mid-record
+    (tmp_path / "Observation.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    exact_lines = []
+    read_record = reader._Staging.read_record
+
+    def counted(self, raw, file, position, *rest):
+        exact_lines.append(position)
+        return read_record(self, raw, file, position, *rest)
+
+    monkeypatch.setattr(reader._Staging, "read_record", counted)
+    staged = reader.read_fhir([tmp_path])
+
+    assert exact_lines == [1501]
+    assert staged.quarantine.select("position", "reason_code").rows() == [(1501, "malformed_json")]
+    assert staged.resources["Observation"]["_position"].to_list() == [p for p in range(1, 2001) if p != 1501]
