@@ -473,3 +473,21 @@ def test_a_code_that_maps_to_two_standard_concepts_gives_a_row_each_beside_singl
     ]
     assert rows["condition_concept_id"].to_list() == [201826, 313217, 314665, 201826]
     assert rows["condition_source_value"].to_list() == ["E11", "I48", "I48", "E11"]
+
+
+def test_every_row_evaluated_alone_gives_the_same_batch(
+    shared: Path, vocab: Vocabulary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When the two hashes of distinct_rows disagree, each step evaluates every row instead: same result.
+    from pipelines.mapping.fhir import dates, engine, reference_index
+
+    files = [shared / "samples/fhir/synthea_r4_bundles", shared / "samples/fhir/hl7_r4_examples"]
+    by_value = map_fhir(files, vocab)
+    for module in (engine, dates, reference_index):
+        monkeypatch.setattr(module, "distinct_rows", lambda frame: None)
+    by_row = map_fhir(files, vocab)
+    assert by_value.tables.keys() == by_row.tables.keys() and len(by_value.tables) >= 5
+    for name, rows in by_value.tables.items():
+        assert rows.sort(pl.all()).equals(by_row.tables[name].sort(pl.all())), name
+    assert by_value.quarantine.sort(pl.all()).equals(by_row.quarantine.sort(pl.all()))
+    assert (by_value.mapped, by_value.filtered) == (by_row.mapped, by_row.filtered)
