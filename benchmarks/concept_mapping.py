@@ -104,7 +104,8 @@ def main() -> None:
         figures["lookup_rows"] = lookup.height
         _compare_parsing(folder, vocab.cache_dir, figures)
 
-        frame = _source_rows(lookup, args.rows, args.distinct, rng)
+        # a generator of its own: the same rows whether or not this run wrote the CSVs
+        frame = _source_rows(lookup, args.rows, args.distinct, np.random.default_rng([args.seed, 1]))
         print(f"source rows: {frame.height:,}, distinct pairs: {frame.select('system', 'code').n_unique():,}")
 
         # The headline: text (Utf8) system and code columns, what the FHIR and openEHR readers produce.
@@ -245,7 +246,7 @@ def _source_rows(lookup: pl.DataFrame, rows: int, distinct: int, rng: np.random.
     )
     known = (
         lookup.select("vocabulary_id", "concept_code")
-        .unique()
+        .unique(maintain_order=True)  # a stable order, so the seed gives the same sample every run
         .sample(int(distinct * 0.98), seed=int(rng.integers(1 << 31)))
     )
     unknown = pl.DataFrame(
