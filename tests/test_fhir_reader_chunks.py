@@ -149,6 +149,20 @@ def test_conditional_reference_to_a_patient_of_an_earlier_batch_resolves(tmp_pat
     assert refs.to_list() == [f"fhir|Patient/p{i}" for i in range(6)]
 
 
+def test_conditional_reference_to_a_later_bulk_file_resolves(shared, vocab):
+    # An export's files in alphabetical order: Encounter.000.ndjson names its participants by
+    # Practitioner?identifier=..., and Practitioner.000.ndjson comes later, in another batch.
+    folder = shared / "samples/fhir/ndjson_bulk_export"
+    whole = map_fhir([folder], vocab)
+    batches = list(iter_fhir_batches([folder], vocab, max_resources=20))
+
+    visits = pl.concat([b.tables["visit_occurrence"] for b in batches if "visit_occurrence" in b.tables])
+    providers = visits.sort("_key")["_ref__provider_id"]
+    assert len(batches) > 3
+    assert providers.to_list() == whole.tables["visit_occurrence"].sort("_key")["_ref__provider_id"].to_list()
+    assert providers.str.starts_with("fhir|Practitioner/").all()
+
+
 # --- the fast path (Arrow over the source bytes) gives what the exact path (msgspec) gives --------
 
 

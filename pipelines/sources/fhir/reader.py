@@ -121,17 +121,38 @@ def read_fhir(paths: list[Path]) -> StagedFhir:
 def iter_staged(paths: list[Path], *, max_records: int | None) -> Iterator[StagedFhir]:
     """Read the files in batches of about ``max_records`` input records (all in one batch when
     None); always at least one batch. A batch ends after a file or between two NDJSON lines, never
-    inside a Bundle or a ``.json`` file. Each batch's ``identifiers`` include the earlier batches',
-    so a conditional reference (``Patient?identifier=...``) to a resource of an earlier batch still
-    resolves; ``_scope`` numbers go on across batches."""
+    inside a Bundle or a ``.json`` file. ``_scope`` numbers go on across batches.
+
+    A conditional reference (``Patient?identifier=...``) resolves as in one read when its target
+    is in the same batch, in an earlier one, or in a Bulk NDJSON file of a type that has
+    identifiers (``Patient.ndjson``, ``Practitioner.000.ndjson``...): those small files are read
+    once ahead, since an export's files come in alphabetical order (``Encounter`` before
+    ``Practitioner``). Each batch's ``identifiers`` hold all that is known so far."""
+    files = discover(paths)
     staging = _Staging()
+    if max_records is not None:
+        staging.known_identifiers = read_fhir(_identified_ndjson(files)).identifiers
     batches = 0
     with ThreadPoolExecutor(max_workers=_PARSERS, thread_name_prefix="fhir-parse") as pool:
-        for _ in staging.read(discover(paths), pool, max_records):
+        for _ in staging.read(files, pool, max_records):
             batches += 1
             yield staging.cut()
     if staging.records() or not batches:
         yield staging.cut()
+
+
+def _identified_ndjson(files: list[Path]) -> list[Path]:
+    """Bulk NDJSON files named after a resource type that has identifiers (the Bulk Data naming)."""
+    identified = {
+        kind
+        for kind, struct in model.resource_structs().items()
+        if any(element.encode_name == "identifier" for element in msgspec.structs.fields(struct))
+    }
+    return [
+        path
+        for path in files
+        if path.name.lower().endswith((".ndjson", ".ndjson.gz")) and path.name.split(".")[0] in identified
+    ]
 
 
 @contextmanager
