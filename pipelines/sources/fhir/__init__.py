@@ -35,7 +35,8 @@ def iter_fhir_batches(
     Each batch carries its own accounting; summed over the batches it equals map_fhir's.
     Rows may reference records of another batch (e.g. a Bulk Observation before its Patient file):
     the loader resolves those through the id map at the end of the run. A conditional reference
-    (``Patient?identifier=...``) resolves to a resource of the same or an earlier batch.
+    (``Patient?identifier=...``) resolves to a resource of the same or an earlier batch, or of a
+    Bulk NDJSON file of a type with identifiers (read ahead for them: see ``iter_staged``).
 
     One difference from ``map_fhir``: the same resource read again in a later batch is mapped in
     both (the loader keeps the later copy, as ``map_fhir`` does), where ``map_fhir`` counts the
