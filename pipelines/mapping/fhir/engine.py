@@ -581,7 +581,7 @@ class _Output:
     def require(self, frame: pl.DataFrame, required: dict[str, str]) -> None:
         for column, code in required.items():
             name = column if column in frame.columns else f"_ref__{column}"
-            missing = frame.filter(pl.col(name).is_null())["_record_key"]
+            missing = _record_keys_where(frame, pl.col(name).is_null())
             if missing.len():
                 self.problem(
                     missing,
@@ -602,16 +602,22 @@ class _Output:
         other_type = person.str.contains(r"^fhir\|[A-Z][A-Za-z]+[/?]") & ~person.str.starts_with(
             "fhir|Patient"
         )
-        for code, rows in (
-            ("contained_subject", frame.filter(contained)),
-            ("subject_not_a_patient", frame.filter(other_type & ~contained)),
+        for code, keys in (
+            ("contained_subject", _record_keys_where(frame, contained)),
+            ("subject_not_a_patient", _record_keys_where(frame, other_type & ~contained)),
         ):
-            if rows.height:
+            if keys.len():
                 reason = _REASONS[code].format(kind=self.mapping.resource, where=self.where)
-                self.problem(rows["_record_key"], code, reason)
+                self.problem(keys, code, reason)
         if "start_date" not in frame.columns:
             raise MappingError(f"{self.where}: a routed output needs a start facet")
         self.require(frame, {"start_date": "missing_date"})
+
+
+def _record_keys_where(frame: pl.DataFrame, condition: pl.Expr) -> pl.Series:
+    """The record keys of the rows where ``condition`` holds: the key column filtered alone, not the
+    frame's every column."""
+    return frame.select(pl.col("_record_key").filter(condition)).to_series()
 
 
 _REASONS = {
