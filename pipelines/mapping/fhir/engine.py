@@ -764,11 +764,10 @@ def _first_problem(problems: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _without(rows: pl.DataFrame, bad: pl.DataFrame) -> pl.DataFrame:
-    """``rows`` without those of the quarantined records; most frames have none of them (a check is
-    a tenth of the cost of the anti-join on a million rows)."""
-    if not rows.get_column("_record_key").is_in(bad.get_column("_record_key").implode()).any():
-        return rows
-    return rows.join(bad, on="_record_key", how="anti")
+    """``rows`` without those of the quarantined records: a look-up of each key in the few bad ones
+    (a tenth of the cost of an anti-join on a million rows), most frames have none of them."""
+    quarantined = rows.get_column("_record_key").is_in(bad.get_column("_record_key").implode())
+    return rows.filter(~quarantined) if quarantined.any() else rows
 
 
 def _quarantine_rows(frame: pl.DataFrame, bad: pl.DataFrame) -> pl.DataFrame:
