@@ -32,6 +32,7 @@ _MIX = 0x9E3779B97F4A7C15  # odd: multiplying by it is a bijection of 64-bit int
 _NULL_ID = 1 << 32  # the key of a null Categorical value: no physical id is that large
 _BUCKET_BITS = 20  # 2^20 buckets: 8 MB tables, about 2 % of 50 k keys collide in the first round
 _MAX_ROUNDS = 8
+_BLOCK = 1 << 16  # rows per block of the bucketing passes: their buffers (512 kB) stay in cache
 _ROWS_PER_THREAD = 1_000_000
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -261,41 +262,32 @@ def _slots(keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     code only if two of the few code systems collide on the first hash (around 1e-14 for a thousand
     systems). If the check ever disagrees within a bucket, the exact string grouping is used instead.
     """
-    n = keys.height
     hashed = _row_keys(keys)
     key_of_row = hashed.get_column("key").to_numpy()
     check_of_row = hashed.get_column("check").to_numpy()
-    slot = np.empty(n, dtype=np.uint32)
+    slot = np.empty(keys.height, dtype=np.uint32)
     first_rows = []
     todo: np.ndarray | None = None  # rows without a slot yet; None: all of them
-    offset = 0
     for round_ in range(_MAX_ROUNDS):
         keys_left = key_of_row if todo is None else key_of_row[todo]
         checks_left = check_of_row if todo is None else check_of_row[todo]
         bits = min(_BUCKET_BITS, max(4, (2 * len(keys_left)).bit_length()))
-        placed = _place(keys_left, checks_left, bits, round_, slot if todo is None else None)
+        slot_left = slot if todo is None else np.empty(len(todo), dtype=np.uint32)
+        placed = _place(keys_left, checks_left, bits, round_, slot_left, sum(len(f) for f in first_rows))
         if placed is None:
             return _exact_slots(keys)  # a 64-bit collision between two keys: see the docstring
-        bucket, first, same = placed
+        first, left = placed
         if todo is None:
             first_rows.append(first)
         else:
-            slot[todo[same]] = bucket[same] + offset
-            first_rows.append(np.where(first >= 0, todo[np.maximum(first, 0)], -1))
-        offset += 1 << bits
-        left = np.flatnonzero(~same)
+            placed_here = np.ones(len(todo), dtype=np.bool_)
+            placed_here[left] = False
+            slot[todo[placed_here]] = slot_left[placed_here]
+            first_rows.append(todo[first])
         if len(left) == 0:
-            return _dense(slot, np.concatenate(first_rows))
+            return slot, np.concatenate(first_rows)
         todo = left if todo is None else todo[left]
     return _exact_slots(keys)
-
-
-def _dense(slot: np.ndarray, first_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The slots renumbered 0..distinct-1, so the per-slot tables hold the distinct keys only (tens of
-    thousands, not the 2^20 buckets): smaller to build, and the per-row gathers stay in cache."""
-    used = first_row >= 0
-    renumber = (np.cumsum(used) - 1).astype(np.uint32)
-    return renumber.take(slot), first_row[used]
 
 
 def _row_keys(keys: pl.DataFrame) -> pl.DataFrame:
@@ -319,27 +311,32 @@ def _row_keys(keys: pl.DataFrame) -> pl.DataFrame:
 
 
 def _place(
-    keys: np.ndarray,
-    checks: np.ndarray,
-    bits: int,
-    round_: int,
-    slot: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """One round of bucketing: (bucket of every key, a position of every bucket or -1, whether each
-    key is the one its bucket holds); None if a bucket's key agrees and its check does not. ``slot``,
-    when given, receives the buckets. The rows are cut in parts, one thread each (numpy lets go of the
-    GIL), each scattering into a table of its own; the tables are then merged."""
+    keys: np.ndarray, checks: np.ndarray, bits: int, round_: int, slot: np.ndarray, offset: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One round of bucketing: every key that holds its bucket gets, in ``slot``, ``offset`` + the number
+    of its bucket among the buckets used. Returns (a position of each of these slots, the positions of the
+    keys another key's bucket took); None if a bucket's key agrees with a key and its check does not.
+
+    The rows are cut in parts, one thread each (numpy lets go of the GIL), and each part is worked
+    through in blocks of ``_BLOCK`` rows with buffers of that size: no array the size of the frame is
+    made, so no fresh pages to fault in (at 10 M rows the page faults of frame-sized temporaries cost
+    more system time than the arithmetic), and a block's buffers stay in cache."""
     size = 1 << bits
-    bucket = np.empty(len(keys), dtype=np.int64)
-    same = np.empty(len(keys), dtype=np.bool_)
+    mask = size - 1
     parts = _parts(len(keys))
-    position = np.int32 if len(keys) < 2**31 else np.int64  # half the memory traffic of int64
+    position = np.int32 if len(keys) < 2**31 else np.int64
     firsts = [np.full(size, -1, dtype=position) for _ in parts]
 
     def scatter(i: int) -> None:
         start, stop = parts[i]
-        part = _bucket(keys[start:stop], bits, round_, bucket[start:stop])
-        firsts[i][part] = np.arange(start, stop, dtype=position)  # a bucket's last row represents it
+        bucket = np.empty(min(_BLOCK, stop - start), dtype=np.int64)
+        rows = np.empty(len(bucket), dtype=position)
+        for block in range(start, stop, _BLOCK):
+            end = min(block + _BLOCK, stop)
+            m = end - block
+            _bucket(keys[block:end], bits, round_, mask, bucket[:m])
+            np.add(np.arange(m, dtype=position), block, out=rows[:m])
+            firsts[i][bucket[:m]] = rows[:m]  # the last row of a bucket represents it
 
     _in_threads(scatter, range(len(parts)), len(parts))
     first = firsts[0]
@@ -350,19 +347,36 @@ def _place(
     table_key[used] = keys[first[used]]
     table_check = np.zeros(size, dtype=np.uint64)
     table_check[used] = checks[first[used]]
+    number = (np.cumsum(used) - 1 + offset).astype(np.uint32)
 
-    def verify(part: tuple[int, int]) -> bool:
-        """Whether a row of the part collided; fills ``same`` (and ``slot``) for it."""
+    def verify(part: tuple[int, int]) -> np.ndarray | None:
+        """The positions of the part's keys that lost their bucket; None if one collided."""
         start, stop = part
-        buckets = bucket[start:stop]
-        held = np.take(table_key, buckets)
-        np.equal(held, keys[start:stop], out=same[start:stop])
-        if slot is not None:
-            slot[start:stop] = buckets
-        agree = np.equal(np.take(table_check, buckets, out=held), checks[start:stop])
-        return bool(np.greater(same[start:stop], agree).any())
+        length = min(_BLOCK, stop - start)
+        bucket = np.empty(length, dtype=np.int64)
+        held = np.empty(length, dtype=np.uint64)
+        same = np.empty(length, dtype=np.bool_)
+        agree = np.empty(length, dtype=np.bool_)
+        left = []
+        for block in range(start, stop, _BLOCK):
+            end = min(block + _BLOCK, stop)
+            m = end - block
+            _bucket(keys[block:end], bits, round_, mask, bucket[:m])
+            np.equal(np.take(table_key, bucket[:m], out=held[:m], mode="clip"), keys[block:end], out=same[:m])
+            np.equal(
+                np.take(table_check, bucket[:m], out=held[:m], mode="clip"), checks[block:end], out=agree[:m]
+            )
+            if np.greater(same[:m], agree[:m]).any():
+                return None
+            np.take(number, bucket[:m], out=slot[block:end], mode="clip")
+            if not same[:m].all():
+                left.append(block + np.flatnonzero(~same[:m]))
+        return np.concatenate(left) if left else np.empty(0, dtype=np.int64)
 
-    return None if any(_in_threads(verify, parts, len(parts))) else (bucket, first.astype(np.int64), same)
+    lefts = _in_threads(verify, parts, len(parts))
+    if any(part is None for part in lefts):
+        return None
+    return first[used].astype(np.int64), np.concatenate(lefts)
 
 
 def _parts(n: int) -> list[tuple[int, int]]:
@@ -394,11 +408,11 @@ def _grouping_hash(column: str, seed: int) -> pl.Expr:
     return pl.col(column).hash(seed=seed)
 
 
-def _bucket(keys: np.ndarray, bits: int, round_: int, out: np.ndarray) -> np.ndarray:
+def _bucket(keys: np.ndarray, bits: int, round_: int, mask: int, out: np.ndarray) -> np.ndarray:
     """Bucket of each key, into ``out``: its low bits first (a hash is uniform there), then a
     multiplicative mix (Fibonacci hashing: the top bits of key * odd constant)."""
     if round_ == 0:
-        return np.bitwise_and(keys.view(np.int64), (1 << bits) - 1, out=out)
+        return np.bitwise_and(keys.view(np.int64), mask, out=out)
     out[:] = (keys * np.uint64(_MIX + 2 * round_)) >> np.uint64(64 - bits)
     return out
 
