@@ -302,3 +302,18 @@ def test_a_bad_line_alone_goes_the_exact_way(tmp_path, monkeypatch):
     assert exact_lines == [1501]
     assert staged.quarantine.select("position", "reason_code").rows() == [(1501, "malformed_json")]
     assert staged.resources["Observation"]["_position"].to_list() == [p for p in range(1, 2001) if p != 1501]
+
+
+def test_batches_read_the_records_others_point_at_first(sources):
+    """A Bulk export lists Observation.ndjson before Patient.ndjson; batched, its Patients and
+    Encounters come first, so the loader holds back few rows for a later batch."""
+    bulk = sources / "fhir" / "bulk"
+    names = [p.name for p in reader.discover([bulk])]
+    assert names.index("Observation.ndjson") < names.index("Patient.ndjson")
+    first = next(reader.iter_staged([bulk], max_records=10))
+    assert "Patient" in first.resources and "Observation" not in first.resources
+    batches = list(reader.iter_staged([bulk], max_records=10))
+    kinds = [kind for staged in batches for kind in staged.resources]
+    assert kinds.index("Encounter") < kinds.index("Observation") < kinds.index("Procedure")
+    read = sum(frame.height for staged in batches for frame in staged.resources.values())
+    assert read == sum(frame.height for frame in reader.read_fhir([bulk]).resources.values())

