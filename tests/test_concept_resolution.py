@@ -314,3 +314,23 @@ def test_many_distinct_codes_group_exactly_across_bucket_rounds(starter, monkeyp
     assert out.height == 6000
     assert out["source_value"].equals(frame["code"].alias("source_value"))
     assert out["concept_id"].to_list() == ([0] * 2999 + [3027018]) * 2
+
+
+def test_an_empty_frame_gives_the_columns_and_no_rows(starter):
+    empty = pl.DataFrame(schema={"system": pl.Utf8, "code": pl.Utf8})
+    out = resolve_concepts(empty, starter)
+    assert out.height == 0
+    assert out.columns == [
+        "system",
+        "code",
+        "source_concept_id",
+        "concept_id",
+        "domain_id",
+        "value_as_concept_id",
+        "source_value",
+    ]
+    assert resolve_units(pl.DataFrame(schema={"unit": pl.Utf8}), starter).columns == [
+        "unit",
+        "unit_concept_id",
+        "unit_source_value",
+    ]
