@@ -334,3 +334,20 @@ def test_an_empty_frame_gives_the_columns_and_no_rows(starter):
         "unit_concept_id",
         "unit_source_value",
     ]
+
+
+def test_rows_split_over_threads_and_blocks_give_the_same_frame(starter, monkeypatch):
+    # the frame-sized path (two threads of 64 k-row blocks from 2 M rows on) on a small frame: 6,000 rows
+    # in parts of 1,000 rows (as many threads as Polars has) and blocks of 256
+    import pipelines.mapping.concepts as concepts
+
+    codes = ["8867-4", "8480-6", "I48", "zzz", None] + [f"x{i}" for i in range(995)]
+    systems = ["LOINC", "http://loinc.org", "http://hl7.org/fhir/sid/icd-10-cm", "LOINC", "LOINC"]
+    frame = pl.DataFrame({"system": (systems + ["LOINC"] * 995) * 6, "code": codes * 6})
+    whole = resolve_concepts(frame, starter)
+    monkeypatch.setattr(concepts, "_ROWS_PER_THREAD", 1000)
+    monkeypatch.setattr(concepts, "_BLOCK", 256)
+    split = resolve_concepts(frame, starter)
+    assert split.equals(whole)
+    assert split.height == 6006  # I48 maps to two concepts: one more row for each of its 6 rows
+    assert split["concept_id"].head(5).to_list() == [3027018, 3004249, 313217, 0, 0]
