@@ -317,3 +317,26 @@ def test_batches_read_the_records_others_point_at_first(sources):
     assert kinds.index("Encounter") < kinds.index("Observation") < kinds.index("Procedure")
     read = sum(frame.height for staged in batches for frame in staged.resources.values())
     assert read == sum(frame.height for frame in reader.read_fhir([bulk]).resources.values())
+
+
+def test_a_batch_lets_its_staged_frames_go_once_mapped(sources, vocab, monkeypatch):
+    """While the loader holds a mapped batch, the staged frames it came from are already freed."""
+    import gc
+    import weakref
+
+    import pipelines.sources.fhir as fhir
+
+    staged_refs = []
+
+    def watched(*args, **kwargs):
+        for staged in reader.iter_staged(*args, **kwargs):
+            staged_refs.append(weakref.ref(staged))
+            held = [staged]
+            del staged
+            yield held.pop()
+
+    monkeypatch.setattr(fhir, "iter_staged", watched)
+    batches = fhir.iter_fhir_batches([sources / "fhir"], vocab, max_resources=50)
+    first = next(batches)
+    gc.collect()
+    assert first.tables and staged_refs[0]() is None

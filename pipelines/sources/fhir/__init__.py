@@ -44,4 +44,8 @@ def iter_fhir_batches(
     from pipelines.mapping.fhir.engine import map_staged
 
     for staged in iter_staged(paths, max_records=max_resources):
-        yield map_staged(staged, vocab)
+        # Only map_staged's argument holds the staged frames, so they go when it returns, not after
+        # the consumer has loaded the batch (a generator's locals live until its next step).
+        held = [staged]
+        del staged
+        yield map_staged(held.pop(), vocab)
