@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,13 @@ def test_run_loads_every_source_and_reports(sources, tmp_path):
     assert parquet_persons == persons
     assert duckdb.sql(f"SELECT count(*) FROM '{parquet}/observation_period/*.parquet'").fetchall()[0][0] > 0
     assert (dq / "dq_report.html").exists()
+    # steps in run order; the streamed step's overlapping parts in brackets after it
+    said = " ".join(result.stdout.split())
+    assert re.search(
+        r"Timings: vocabulary [\d.]+s, read, map and load [\d.]+s \([^)]*FHIR read\+map [\d.]+s[^)]*"
+        r"waiting for batches [\d.]+s[^)]*\), derived tables [\d.]+s, exports [\d.]+s, quality checks",
+        said,
+    ), said[-600:]
 
     before = _ids(warehouse)
     again = _run("run", *both, "--warehouse", str(warehouse))

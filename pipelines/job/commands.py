@@ -145,7 +145,7 @@ def print_summary(summary: RunSummary) -> None:
         console.print(
             "Quality checks: " + ", ".join(f"{k} {v:,}" for k, v in sorted(summary.quality.items()))
         )
-    console.print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items()))
+    console.print("Timings: " + _timings(summary.timings))
     for what, where in summary.outputs.items():
         console.print(f"{what}: {where}")
 
@@ -197,3 +197,16 @@ DEMO_QUERY = (
     "FROM measurement m JOIN concept c ON c.concept_id = m.measurement_concept_id "
     "GROUP BY 1 ORDER BY n DESC LIMIT 10"
 )
+
+
+def _timings(timings: dict[str, float]) -> str:
+    """Steps in run order; the parts of the streamed step (making batches beside the load, the load's
+    wait for them) in brackets after it, since they overlap and do not add up to it."""
+    from pipelines.job.pipeline import STEPS
+
+    parts = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k not in STEPS)
+    steps = []
+    for name in (k for k in timings if k in STEPS):
+        streamed = name == "read, map and load" and parts
+        steps.append(f"{name} {timings[name]:.1f}s" + (f" ({parts})" if streamed else ""))
+    return ", ".join(steps)
