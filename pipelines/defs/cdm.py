@@ -6,7 +6,7 @@ import dagster as dg
 
 from pipelines.defs.partitions import WAREHOUSE_POOL, landing_batches
 from pipelines.defs.settings import PasserelleSettings
-from pipelines.mapping.batch import MappedBatch, read_batch
+from pipelines.mapping.batch import read_batch
 
 # The CDM tables that sources fill (derived tables live in derived.py), with their business meaning.
 CLINICAL_TABLES = {
@@ -46,16 +46,14 @@ CLINICAL_TABLES = {
 def cdm_tables(context: dg.AssetExecutionContext, settings: PasserelleSettings):
     """Load one batch: ids from the persistent id map, references resolved, lineage recorded, the
     previous version of each record replaced, deletions applied — all or nothing."""
-    from pipelines.warehouse import load_batch, open_targets
+    from pipelines.warehouse import load_batches, open_targets
 
     started = time.perf_counter()
-    batch = MappedBatch()
-    for source in ("fhir", "openehr"):
-        folder = settings.staged(context.partition_key, source)
-        if folder.exists():
-            batch = batch.merge(read_batch(folder))
+    folders = [settings.staged(context.partition_key, source) for source in ("fhir", "openehr")]
+    # read one staged batch at a time: the loader holds one in memory, never the two merged
+    staged = (read_batch(folder) for folder in folders if folder.exists())
     targets = open_targets(settings.warehouse_path, None, None)
-    report = load_batch(batch, targets)
+    report = load_batches(staged, targets)
     seconds = round(time.perf_counter() - started, 2)
     for name in CLINICAL_TABLES:
         yield dg.MaterializeResult(
