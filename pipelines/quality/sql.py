@@ -110,14 +110,35 @@ def render(
             return f"coalesce({counted}{filtered}, 0)"
         return f"{counted}{filtered}{null_value}{filtered if null_value else ''}"
 
+    def batched(predicate: str | None) -> str:
+        """``aggregate`` for a batch column: the condition inside a CASE rather than a FILTER clause.
+
+        DuckDB 2.0 pays a fixed cost per FILTER aggregate however few rows it sees: the 150
+        plausibleUnitConceptIds checks of the 10 k warehouse took 0.37 s with FILTER, 0.10 s with
+        CASE, on the same 22 summary rows (a batch of 50 plain measurement checks 0.26 -> 0.05 s).
+        The counts are the same: a CASE without ELSE is NULL, which no count or sum counts.
+        """
+        conditions = [c for c in (restrict, predicate) if c]
+        if not conditions:
+            return aggregate(None)
+        where = " AND ".join(f"({c})" for c in conditions)
+        if count == "weighted":
+            return f"coalesce(sum(CASE WHEN {where} THEN t.records END), 0)"
+        kept = {"rows": "1", "persons": "t.person_id", "values": f"t.{check.field}"}[count]
+        distinct = "" if count == "rows" else "DISTINCT "
+        counted_when = f"count({distinct}CASE WHEN {where} THEN {kept} END)"
+        if count == "values":  # NULL counts as one more value, as in ``null_value``
+            counted_when += f" + count(DISTINCT CASE WHEN {where} AND t.{check.field} IS NULL THEN 1 END)"
+        return counted_when
+
     where_listing = " AND ".join(f"({c})" for c in (restrict, violated) if c)
     where_denominator = " AND ".join(f"({c})" for c in (restrict, denominator) if c)
     return CheckSql(
         check=check,
         scan=scan,
         restrict=restrict,
-        violated_count=aggregate(violated),
-        denominator_count=aggregate(denominator),
+        violated_count=batched(violated),
+        denominator_count=batched(denominator),
         counted=f"coalesce({counted}, 0)" if count == "weighted" else f"{counted}{null_value}",
         listing=f"SELECT t.* FROM {scan} AS t WHERE {where_listing}",
         denominator_query=(
