@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -24,7 +21,7 @@ import polars as pl
 
 from pipelines.cdm.spec import Table, cdm_schema
 from pipelines.errors import WarehouseError
-from pipelines.mapping.batch import REF_PREFIX, MappedBatch, write_batch
+from pipelines.mapping.batch import REF_PREFIX, MappedBatch
 from pipelines.warehouse import staging
 from pipelines.warehouse.cdm_tables import load_order, quoted, references, row_hash_sql
 from pipelines.warehouse.duckdb_file import SIDE_SCHEMA
@@ -108,12 +105,6 @@ def load_batches(
     warehouse = system_of_record(targets)
     started = _utc_now()
     con = warehouse.open()
-    # The batches on their way in, as Parquet beside the warehouse (same disk, which the user chose
-    # for data of this size). A folder left by a killed run is ours to remove: we hold the lock.
-    prefix = f".{warehouse.path.name}.load-"
-    for stale in warehouse.path.parent.glob(prefix + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=warehouse.path.parent))
     try:
         con.execute(f"SET memory_limit = '{_MEMORY_LIMIT}'")
         if vocab is not None:
@@ -132,7 +123,7 @@ def load_batches(
                     f"SELECT coalesce(max(run_id), 0) + 1 FROM {SIDE_SCHEMA}.run_log"
                 ).fetchall()[0][0]
             report = LoadReport(run_id=run_id, outputs={t.name: t.location for t in targets})
-            run = _Run(con, report, scratch)
+            run = _Run(con, report)
             for number, batch in enumerate(batches, start=1):
                 run.add(batch, number)
                 del batch  # let it go before the next one is made, not after
@@ -159,7 +150,6 @@ def load_batches(
             )
     finally:
         con.close()
-        shutil.rmtree(scratch, ignore_errors=True)
     return report
 
 
@@ -184,29 +174,22 @@ class _Run:
     """The batches of one run on their way in, inside its transaction: what is carried from one batch
     to the next (the ids given so far, the rows held back, the numbering of staged rows)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, report: LoadReport, scratch: Path) -> None:
-        self.con, self.report, self.scratch = con, report, scratch
+    def __init__(self, con: duckdb.DuckDBPyConnection, report: LoadReport) -> None:
+        self.con, self.report = con, report
         self.ids = staging.RunIds(SIDE_SCHEMA)
         self.held: set[str] = set()  # tables with rows held back
         self.rows = 0  # rows staged so far: the next staged row's number
 
     def add(self, batch: MappedBatch, number: int) -> None:
-        """Load one batch: its tables are written to Parquet and read back by DuckDB (see
-        ``staging.stage`` for why), the frames let go of by the caller as soon as it likes."""
+        """Load one batch; DuckDB reads its frames through Arrow (see ``staging.stage``), the frames
+        let go of by the caller as soon as it likes."""
         tables = _check_batch(batch)
-        folder = self.scratch / f"batch-{number}"
-        write_batch(
-            MappedBatch(tables=tables, quarantine=batch.quarantine, deletions=batch.deletions), folder
-        )
-        files = {name: folder / "tables" / f"{name}.parquet" for name in tables}
-        columns = {name: frame.columns for name, frame in tables.items()}
         con, report, schema = self.con, self.report, cdm_schema()
-        _remove_records(con, files, folder / "deletions.parquet", report)
+        _remove_records(con, tables, batch.deletions, report)
         for name in load_order():
-            if name in files:
-                self._load_table(schema.table(name), files[name], columns[name])
-        _store_mapper_quarantine(con, folder / "quarantine.parquet", report)
-        shutil.rmtree(folder, ignore_errors=True)
+            if name in tables:
+                self._load_table(schema.table(name), tables[name])
+        _store_mapper_quarantine(con, batch.quarantine, report)
         logger.info("batch %d loaded: %d rows", number, sum(f.height for f in tables.values()))
 
     def finish(self) -> None:
@@ -226,9 +209,9 @@ class _Run:
             self._settle_stage(table, references(table), hold=False)
         self.held.clear()
 
-    def _load_table(self, table: Table, parquet: Path, columns: list[str]) -> None:
-        con, report = self.con, self.report
-        self.rows += staging.stage(con, table, parquet, columns, self.rows)
+    def _load_table(self, table: Table, frame: pl.DataFrame) -> None:
+        con, report, columns = self.con, self.report, frame.columns
+        self.rows += staging.stage(con, table, frame, self.rows)
         if table.primary_key:
             new, known = staging.allocate_ids(con, table, report.run_id, SIDE_SCHEMA, self.ids)
             report.new_ids[table.name] = report.new_ids.get(table.name, 0) + new
@@ -319,29 +302,34 @@ def _held(name: str) -> str:
 
 
 def _remove_records(
-    con: duckdb.DuckDBPyConnection, tables: dict[str, Path], deletions: Path, report: LoadReport
+    con: duckdb.DuckDBPyConnection,
+    tables: dict[str, pl.DataFrame],
+    deletions: pl.DataFrame,
+    report: LoadReport,
 ) -> None:
     """Take out every row of the records this batch brings again or deletes, and their lineage.
 
     Rows of earlier runs only: a record deleted by one batch and brought by another of the same run
     keeps the rows brought, as within one batch; a record brought again by a later batch of the run
     replaces its rows through their ids (``_Run._load_table``)."""
-    brought = " UNION ALL ".join(f"SELECT _record_key FROM {_parquet(p)}" for p in tables.values())
-    deleted = f"SELECT _record_key FROM {_parquet(deletions)}"
-    if brought:
-        report.records_loaded += con.execute(
-            f"SELECT count(DISTINCT _record_key) FROM ({brought})"
-        ).fetchall()[0][0]
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {_AFFECTED} AS
-            SELECT DISTINCT CAST(_record_key AS VARCHAR) AS _record_key
-            FROM ({brought + " UNION ALL " if brought else ""}{deleted}) WHERE _record_key IS NOT NULL"""
+    brought = pl.concat(
+        [pl.DataFrame(schema={"_record_key": pl.Utf8})]
+        + [f.select(pl.col("_record_key").cast(pl.Utf8)) for f in tables.values()]
+    ).unique()
+    deleted = deletions.select(pl.col("_record_key").cast(pl.Utf8)).unique()
+    report.records_loaded += brought.get_column("_record_key").drop_nulls().len()
+    affected = pl.concat([brought, deleted]).drop_nulls().unique()
+    staging.on_frame(
+        con, affected, "keys", f"CREATE OR REPLACE TEMP TABLE {_AFFECTED} AS SELECT _record_key FROM keys"
     )
-    report.records_deleted += con.execute(
-        f"""SELECT count(DISTINCT d._record_key) FROM ({deleted}) d
-            JOIN {SIDE_SCHEMA}.lineage l ON l.record_key = d._record_key AND l.run_id <> ?""",
-        [report.run_id],
-    ).fetchall()[0][0]
+    report.records_deleted += staging.on_frame(
+        con,
+        deleted.drop_nulls(),
+        "deleted",
+        f"""SELECT count(DISTINCT d._record_key) FROM deleted d
+            JOIN {SIDE_SCHEMA}.lineage l
+              ON l.record_key = d._record_key AND l.run_id <> {int(report.run_id)}""",
+    )[0][0]
     # run_id <> ?: DuckDB skips the row groups of this run's lineage (min = max = this run).
     ours = f"run_id <> {int(report.run_id)} AND record_key IN (SELECT _record_key FROM {_AFFECTED})"
     touched = con.execute(f"SELECT DISTINCT omop_table FROM {SIDE_SCHEMA}.lineage WHERE {ours}").fetchall()
@@ -350,10 +338,6 @@ def _remove_records(
         _count(report.removed, name, _delete_rows(con, cdm_schema().table(name), ids, [name]))
     if touched:
         con.execute(f"DELETE FROM {SIDE_SCHEMA}.lineage WHERE {ours}")
-
-
-def _parquet(path: Path) -> str:
-    return "read_parquet('" + str(path).replace("'", "''") + "')"
 
 
 def _delete_rows(con: duckdb.DuckDBPyConnection, table: Table, ids_sql: str, params: list) -> int:
@@ -415,20 +399,24 @@ def _settle_orphans(con: duckdb.DuckDBPyConnection, run_id: int, report: LoadRep
             _count(report.quarantined, "orphaned_reference", kept)
 
 
-def _store_mapper_quarantine(con: duckdb.DuckDBPyConnection, quarantine: Path, report: LoadReport) -> None:
-    counts = con.execute(
-        f"SELECT coalesce(reason_code, 'unspecified'), count(*) FROM {_parquet(quarantine)} GROUP BY ALL"
-    ).fetchall()
-    if not counts:
+def _store_mapper_quarantine(
+    con: duckdb.DuckDBPyConnection, quarantine: pl.DataFrame, report: LoadReport
+) -> None:
+    if not quarantine.height:
         return
-    con.execute(
+    counts = staging.on_frame(
+        con, quarantine, "q", "SELECT coalesce(reason_code, 'unspecified'), count(*) FROM q GROUP BY ALL"
+    )
+    staging.on_frame(
+        con,
+        quarantine,
+        "q",
         f"""INSERT INTO {SIDE_SCHEMA}.quarantine
               (run_id, source_format, source_file, position, record_type, record_id, reason_code, reason)
-            SELECT ?, coalesce(source_format, 'unknown'), coalesce(source_file, 'unknown'), position,
-                   record_type, record_id, coalesce(reason_code, 'unspecified'),
+            SELECT {int(report.run_id)}, coalesce(source_format, 'unknown'), coalesce(source_file, 'unknown'),
+                   position, record_type, record_id, coalesce(reason_code, 'unspecified'),
                    coalesce(reason, 'no reason given by the mapper')
-            FROM {_parquet(quarantine)}""",
-        [report.run_id],
+            FROM q""",
     )
     for code, n in counts:
         _count(report.quarantined, code, n)

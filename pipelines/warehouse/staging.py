@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
+import polars as pl
 
 from pipelines.cdm.spec import Table, cdm_schema
 from pipelines.errors import WarehouseError
@@ -55,20 +55,14 @@ def check_frame(name: str, table: Table, columns: list[str]) -> None:
         raise WarehouseError(f"batch table {name}: bookkeeping columns {', '.join(missing)} are missing")
 
 
-def stage(
-    con: duckdb.DuckDBPyConnection, table: Table, parquet: Path, columns: list[str], first_row: int
-) -> int:
-    """(Re)create the staging table from a batch table written as ``parquet`` (its ``columns``): CDM
-    types, absent CDM columns and references as NULL (so rows held back from several batches share one
-    shape), rows numbered from ``first_row`` (unique over a run), and the first problem of each row
-    (no key, a value not of its column's type) already noted. Returns the rows staged.
-
-    Read by DuckDB from a file rather than from a registered Arrow frame: within the run's one
-    transaction DuckDB keeps every registered frame alive until the commit (measured: +120 bytes per
-    row, 1.3 GB for 9 M rows), while a file read is released as it goes."""
-    present = set(columns)
+def stage(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame, first_row: int) -> int:
+    """(Re)create the staging table from a batch table: CDM types, absent CDM columns and references
+    as NULL (so rows held back from several batches share one shape), rows numbered from
+    ``first_row`` (unique over a run), and the first problem of each row (no key, a value not of its
+    column's type) already noted. Returns the rows staged."""
+    present = set(frame.columns)
     pk = set(table.primary_key)
-    selects = [f"file_row_number + {int(first_row)} AS _row", "CAST(NULL AS BIGINT) AS _id"]
+    selects = [f"{_ROW} + {int(first_row)} AS _row", "CAST(NULL AS BIGINT) AS _id"]
     problems: list[tuple[str, str, str]] = []  # (condition, status, reason), the first one wins
     if table.primary_key:
         problems.append(("_key IS NULL", "missing_key", "the mapper gave the row no source key"))
@@ -98,10 +92,21 @@ def stage(
     status = " ".join(f"WHEN {condition} THEN '{code}'" for condition, code, _ in problems)
     reason = " ".join(f"WHEN {condition} THEN '{text}'" for condition, _, text in problems)
     selects += [f"CASE {status} END AS _status", f"CASE {reason} END AS _reason"]
-    source = f"read_parquet('{_sql_text(str(parquet))}', file_row_number = true)"
-    return con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {STAGE} AS SELECT {', '.join(selects)} FROM {source}"
-    ).fetchall()[0][0]
+    sql = f"CREATE OR REPLACE TEMP TABLE {STAGE} AS SELECT {', '.join(selects)} FROM batch_rows"
+    return on_frame(con, frame.with_row_index(_ROW), "batch_rows", sql)[0][0]
+
+
+_ROW = "_passerelle_row"  # the row's position in its batch table
+
+
+def on_frame(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, name: str, sql: str) -> list[tuple]:
+    """Run ``sql``, in which ``frame`` is the table ``name``, and return its rows.
+
+    DuckDB reads the frame through Arrow without a copy. Not with ``con.register``: DuckDB keeps a
+    registered frame alive until the run's commit (measured: +100 bytes per row); a relation's
+    query lets go of it when done. Before, batches went through Parquet files: about 2 s of the
+    load's 19 at 10 k patients."""
+    return con.from_arrow(frame.to_arrow()).query(name, sql).fetchall()
 
 
 def _sql_text(text: str) -> str:
