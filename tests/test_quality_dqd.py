@@ -226,3 +226,40 @@ def test_dq_needs_exactly_one_database(cdm: Path, tmp_path: Path) -> None:
     )
     for outcome in (neither, both):
         assert outcome.exit_code == 2 and "either --warehouse FILE or --postgres URL" in outcome.output
+
+
+# Rows where the batched scan forms could part from the checks' own queries: a birth_datetime, a record
+# dated in its person's birth year before mid-year (plausibleTemporalAfter counts it, plausibleAfterBirth
+# does not), a record more than 60 days after its person's death.
+EDGE_ROWS = [
+    "INSERT INTO main.person (person_id, gender_concept_id, year_of_birth, birth_datetime, race_concept_id,"
+    " ethnicity_concept_id) VALUES (4, 8507, 1950, TIMESTAMP '1950-07-15 10:00:00', 8527, 38003564)",
+    "INSERT INTO main.person (person_id, gender_concept_id, year_of_birth, race_concept_id,"
+    " ethnicity_concept_id) VALUES (5, 8532, 2000, 8527, 38003564)",
+    "INSERT INTO main.measurement (measurement_id, person_id, measurement_concept_id, measurement_date,"
+    " measurement_type_concept_id) VALUES (1003, 5, 3025315, DATE '2000-03-01', 32817)",
+    "INSERT INTO main.measurement (measurement_id, person_id, measurement_concept_id, measurement_date,"
+    " measurement_type_concept_id) VALUES (1004, 4, 3025315, DATE '1950-07-01', 32817)",
+    "INSERT INTO main.death (person_id, death_date, death_type_concept_id)"
+    " VALUES (2, DATE '2019-01-01', 32817)",
+]
+
+
+def test_every_batched_count_is_what_the_checks_own_query_counts(tmp_path: Path) -> None:
+    """The batches (shared scans, CASE counts, faster scan forms) give each check's queryText numbers."""
+    path = tmp_path / "edges.duckdb"
+    initialize(path)
+    with connect(path) as con:
+        for statement in insert_statements() + EDGE_ROWS:
+            con.execute(statement)
+        results = run_dqd(con)
+        ran = [r for r in results.results if r.check.type.sql.get("exists") is None and not r.is_error]
+        assert len(ran) > 1900 and sum(r.num_violated_rows > 0 for r in ran) > 20
+        by_id = _by_id(results)
+        temporal = by_id["field_plausibletemporalafter_measurement_measurement_date"]
+        assert (temporal.num_violated_rows, temporal.num_denominator_rows) == (2, 5)  # 1003 and 1004
+        after_birth = by_id["field_plausibleafterbirth_measurement_measurement_date"]
+        assert (after_birth.num_violated_rows, after_birth.num_denominator_rows) == (1, 5)  # 1004
+        for r in ran:
+            violated, _, denominator = con.execute(r.query_text).fetchone()
+            assert (r.num_violated_rows, r.num_denominator_rows) == (violated, denominator), r.check_id

@@ -69,6 +69,7 @@ class Catalogue:
     default_excluded_tables: tuple[str, ...]
     table_schemas: dict[str, str]  # table -> cdm | vocab | cohort (where DQD looks for it)
     scans: dict[str, str]  # shared scan templates (check_types.yaml `scans`), by placeholder name
+    batch_scans: dict[str, str]  # faster forms of some of them for batched queries (`batch_scans`)
 
     def select(
         self,
@@ -138,6 +139,7 @@ def load_catalogue(cdm_version: str = "5.4", folder: Path | None = None) -> Cata
         default_excluded_tables=tuple(spec["default_excluded_tables"]),
         table_schemas=schemas,
         scans=dict(spec.get("scans", {})),
+        batch_scans=dict(spec.get("batch_scans", {})),
     )
 
 

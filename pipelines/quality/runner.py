@@ -72,6 +72,7 @@ def run_dqd(
                 vocab_schema=vocab_schema,
                 table_schemas=catalogue.table_schemas,
                 scans=catalogue.scans,
+                batch_scans=catalogue.batch_scans,
                 integer_columns=frozenset(
                     (table, column)
                     for table, columns in present.items()

@@ -34,7 +34,7 @@ class CheckSql:
     """The counts of one check, as pieces that batch together (DuckDB dialect)."""
 
     check: Check
-    scan: str  # FROM target, aliased t
+    scan: str  # FROM target of the batched query, aliased t
     restrict: str | None
     violated_count: str
     denominator_count: str
@@ -67,16 +67,21 @@ def render(
     vocab_schema: str,
     table_schemas: dict[str, str],
     scans: dict[str, str] | None = None,
+    batch_scans: dict[str, str] | None = None,
     integer_columns: frozenset[tuple[str, str]] = frozenset(),
 ) -> CheckSql:
     """Fill a check type's templates with the check's table, field, parameters and shared scans.
 
-    ``integer_columns`` are (table, field) pairs the database declares integer: cdmDatatype has
-    nothing to look for in them.
+    ``batch_scans`` replace shared scans of the same name in the batched query (the same rows, computed
+    faster); the standalone query keeps ``scans``. ``integer_columns`` are (table, field) pairs the
+    database declares integer: cdmDatatype has nothing to look for in them.
     """
     sql = check.type.sql
     values = _placeholders(check, cdm_schema, vocab_schema, table_schemas)
     values.update({name: _squash(template.format_map(values)) for name, template in (scans or {}).items()})
+    batch_values = values | {
+        name: _squash(template.format_map(values)) for name, template in (batch_scans or {}).items()
+    }
     if "exists" in sql:
         column = f"t.{check.field}" if check.field else "*"
         listing = f"SELECT count({column}) AS present FROM {values['home']}.{check.table} AS t"
@@ -88,6 +93,7 @@ def render(
     if "violated_in_integer_column" in sql and (check.table, check.field) in integer_columns:
         violated_template = sql["violated_in_integer_column"]
     scan = _squash(scan_template.format_map(values))
+    batch_scan = _squash(scan_template.format_map(batch_values))
     restrict = sql["restrict"].format_map(values) if "restrict" in sql else None
     violated = _squash(violated_template.format_map(values))
     denominator = _squash(sql["denominator"].format_map(values)) if "denominator" in sql else None
@@ -135,7 +141,7 @@ def render(
     where_denominator = " AND ".join(f"({c})" for c in (restrict, denominator) if c)
     return CheckSql(
         check=check,
-        scan=scan,
+        scan=batch_scan,
         restrict=restrict,
         violated_count=batched(violated),
         denominator_count=batched(denominator),
