@@ -340,3 +340,58 @@ def test_a_batch_lets_its_staged_frames_go_once_mapped(sources, vocab, monkeypat
     first = next(batches)
     gc.collect()
     assert first.tables and staged_refs[0]() is None
+
+
+# --- the lean schema: elements no block has held yet are parsed as nulls, with the same result ------
+
+
+def test_a_block_parsed_against_what_earlier_blocks_held_equals_the_full_parse():
+    presence = columnar.Presence()
+    plain = b"\n".join(json.dumps(_observation(i)).encode() for i in range(50))
+    columnar.parse_block(plain, "Observation", 50, presence=presence)  # learns: no valueString, no performer
+    rare = [_observation(i) for i in range(50, 100)]
+    rare[30]["valueString"] = "seen once"
+    rare[31]["performer"] = [{"reference": "Practitioner/p1", "identifier": {"value": "x"}}]
+    later = b"\n".join(json.dumps(record).encode() for record in rare)
+
+    lean = columnar.parse_block(later, "Observation", 50, presence=presence)
+    full = columnar.parse_block(later, "Observation", 50)
+
+    assert lean.equals(full) and lean.schema == full.schema
+    assert lean["valueString"].to_list()[29:32] == [None, "seen once", None]
+    performer = lean["performer"].list.first().struct.field("identifier").struct.field("value")
+    assert performer.to_list()[31] == "x"
+    # the next block that lacks them again is parsed lean (their columns typed null) and cast back
+    again = columnar.parse_block(plain, "Observation", 50, presence=presence)
+    assert again.equals(columnar.parse_block(plain, "Observation", 50))
+    assert again.schema == full.schema
+
+
+def test_a_lean_parse_refuses_a_block_as_the_full_parse_does():
+    presence = columnar.Presence()
+    lines = [json.dumps(_observation(i)).encode() for i in range(20)]
+    columnar.parse_block(b"\n".join(lines), "Observation", 20, presence=presence)
+    lines[12] = json.dumps(_observation(12, valueString=7)).encode()  # a number where a string belongs
+    with pytest.raises(columnar.Unsound) as lean:
+        columnar.parse_block(b"\n".join(lines), "Observation", 20, presence=presence)
+    with pytest.raises(columnar.Unsound) as full:
+        columnar.parse_block(b"\n".join(lines), "Observation", 20)
+    assert lean.value.row == full.value.row == 12 and str(lean.value) == str(full.value)
+
+
+def test_fast_path_equals_the_exact_path_when_an_element_first_appears_in_a_later_block(
+    tmp_path, monkeypatch
+):
+    records = [_observation(i) for i in range(3000)]
+    for i in (1800, 2500):
+        records[i]["valueCodeableConcept"] = {"coding": [{"system": "http://snomed.info/sct", "code": "x"}]}
+        records[i]["effectivePeriod"] = {"start": "2024-01-01"}
+    (tmp_path / "Observation.ndjson").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records))
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", 64 << 10)  # about 200 lines a block
+    fast = reader.read_fhir([tmp_path])
+    _exact(monkeypatch)
+    exact = reader.read_fhir([tmp_path])
+
+    _assert_same(fast, exact)
+    concepts = fast.resources["Observation"]["valueCodeableConcept"].drop_nulls()
+    assert concepts.struct.field("coding").list.first().struct.field("code").to_list() == ["x", "x"]

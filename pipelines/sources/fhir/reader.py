@@ -217,6 +217,7 @@ class _Staging:
         self.known_identifiers = pl.DataFrame(schema={"conditional": pl.Utf8, "key": pl.Utf8})
         self.decoder = model.resource_decoder()
         self.document_decoder = model.document_decoder()
+        self.presence = columnar.Presence()  # what the fast path has seen of each type, for all batches
         self._start_batch()
 
     def _start_batch(self) -> None:
@@ -253,7 +254,7 @@ class _Staging:
         """Read the files into the staging, yielding each time the batch holds ``max_records``
         (the caller then ``cut``s it): between two NDJSON lines or after a file."""
         pending: deque[_Unit] = deque()
-        for unit in _units(paths, pool):
+        for unit in _units(paths, pool, self.presence):
             pending.append(unit)
             if len(pending) > _AHEAD:
                 yield from self._take(pending.popleft(), max_records)
@@ -320,7 +321,7 @@ class _Staging:
             if not lines:
                 return
             try:
-                parsed = _parse_ndjson(b"".join(lines), len(lines), file, first)
+                parsed = _parse_ndjson(b"".join(lines), len(lines), file, first, self.presence)
             except columnar.Unsound as refusal:
                 row = refusal.row
             else:
@@ -335,7 +336,7 @@ class _Staging:
         if not lines:
             return
         try:
-            parsed = _parse_ndjson(b"".join(lines), len(lines), file, first)
+            parsed = _parse_ndjson(b"".join(lines), len(lines), file, first, self.presence)
         except columnar.Unsound:
             yield from self._read_halves(lines, file, first, max_records)
         else:
@@ -711,11 +712,11 @@ class _Broken:
 _Unit = _Block | _BundleFile | _Document | _Broken
 
 
-def _units(paths: list[Path], pool: Executor) -> Iterator[_Unit]:
+def _units(paths: list[Path], pool: Executor, presence: columnar.Presence) -> Iterator[_Unit]:
     for path in paths:
         file, lower = str(path), path.name.lower()
         if lower.endswith((".ndjson", ".ndjson.gz")):
-            yield from _ndjson_blocks(path, file, pool)
+            yield from _ndjson_blocks(path, file, pool, presence)
             continue
         try:
             data = path.read_bytes()
@@ -726,11 +727,11 @@ def _units(paths: list[Path], pool: Executor) -> Iterator[_Unit]:
             continue
         data = data.removeprefix(_BOM)
         with _gc_paused():
-            parsed = _bundle_parses(data, file, pool)
+            parsed = _bundle_parses(data, file, pool, presence)
         yield _Document(file, data) if parsed is None else _BundleFile(file, data, parsed)
 
 
-def _ndjson_blocks(path: Path, file: str, pool: Executor) -> Iterator[_Unit]:
+def _ndjson_blocks(path: Path, file: str, pool: Executor, presence: columnar.Presence) -> Iterator[_Unit]:
     """The file in blocks of whole lines, each sent to the pool to parse."""
     first = 1
     opener = gzip.open if path.name.lower().endswith(".gz") else open
@@ -742,19 +743,22 @@ def _ndjson_blocks(path: Path, file: str, pool: Executor) -> Iterator[_Unit]:
                 if first == 1:
                     data = data.removeprefix(_BOM)
                 lines = data.count(b"\n") + (not data.endswith(b"\n"))
-                yield _Block(file, first, data, pool.submit(_parse_ndjson, data, lines, file, first))
+                parsed = pool.submit(_parse_ndjson, data, lines, file, first, presence)
+                yield _Block(file, first, data, parsed)
                 first += lines
     except (OSError, EOFError, zlib.error) as error:
         yield _Broken(path, file, first, error)
 
 
-def _parse_ndjson(data: bytes, lines: int, file: str, first: int) -> tuple[str, pl.DataFrame]:
+def _parse_ndjson(
+    data: bytes, lines: int, file: str, first: int, presence: columnar.Presence
+) -> tuple[str, pl.DataFrame]:
     """A block of NDJSON lines of one resource type as staged rows; raises ``columnar.Unsound``
     when it needs the exact path."""
     kind = _ndjson_kind(data)
     if kind is None:
         raise columnar.Unsound("the first line is not a resource the fast path reads", row=0)
-    frame = columnar.parse_block(data, kind, lines)
+    frame = columnar.parse_block(data, kind, lines, presence=presence)
     ids = frame.get_column("id")
     if ids.null_count() or (ids == "").any():
         raise columnar.Unsound("a record without id")  # the exact path quarantines it
@@ -785,7 +789,9 @@ _raw_bundle = msgspec.json.Decoder(model.Bundle)  # entries' resources as raw by
 _bundle_heads = msgspec.json.Decoder(_BundleHeads)
 
 
-def _bundle_parses(data: bytes, file: str, pool: Executor) -> list[Future] | None:
+def _bundle_parses(
+    data: bytes, file: str, pool: Executor, presence: columnar.Presence
+) -> list[Future] | None:
     """A Bundle file of resources to load (no DELETE, no nested Bundle, not a server's reply or a
     history): each resource type's entries sent to the pool to parse in one go. None when the file
     needs the exact path."""
@@ -825,17 +831,23 @@ def _bundle_parses(data: bytes, file: str, pool: Executor) -> list[Future] | Non
             indexes,
             [entries[i].fullUrl for i in indexes],
             file,
+            presence,
         )
         for kind, indexes in groups.items()
     ]
 
 
 def _parse_entries(
-    kind: str, data: bytes, indexes: list[int], urls: list[str | None], file: str
+    kind: str,
+    data: bytes,
+    indexes: list[int],
+    urls: list[str | None],
+    file: str,
+    presence: columnar.Presence,
 ) -> tuple[str, pl.DataFrame, pl.DataFrame] | None:
     """A Bundle's entries of one type as staged rows (``_scope`` to be set) and their fullUrls."""
     try:
-        frame = columnar.parse_block(data, kind, len(indexes), scanned=True)
+        frame = columnar.parse_block(data, kind, len(indexes), scanned=True, presence=presence)
     except columnar.Unsound:
         return None
     full_urls = pl.Series("url", urls, dtype=pl.Utf8)
