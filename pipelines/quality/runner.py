@@ -65,6 +65,12 @@ def run_dqd(
         present = database.columns(cdm_schema)
         if vocab_schema != cdm_schema:
             present.update({t: c for t, c in database.columns(vocab_schema).items() if t not in present})
+        integer_columns = frozenset(
+            (table, column)
+            for table, columns in present.items()
+            for column, data_type in columns.items()
+            if data_type.upper() in _INTEGER_TYPES
+        )
         rendered = [
             render(
                 c,
@@ -73,12 +79,7 @@ def run_dqd(
                 table_schemas=catalogue.table_schemas,
                 scans=catalogue.scans,
                 batch_scans=catalogue.batch_scans,
-                integer_columns=frozenset(
-                    (table, column)
-                    for table, columns in present.items()
-                    for column, data_type in columns.items()
-                    if data_type.upper() in _INTEGER_TYPES
-                ),
+                integer_columns=integer_columns,
             )
             for c in checks
         ]
