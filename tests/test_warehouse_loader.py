@@ -305,6 +305,11 @@ def test_a_new_version_with_fewer_rows_leaves_only_those(warehouse_path: Path) -
 
 def test_a_record_deleted_and_brought_by_one_batch_keeps_the_rows_brought(warehouse_path: Path) -> None:
     _load(warehouse_path, first_batch())
+    first_id = _query(
+        warehouse_path,
+        "SELECT omop_id FROM passerelle.lineage WHERE omop_table = 'measurement' AND record_id = 'hr-1'",
+    )
+    assert len(first_id) == 1
     batch = MappedBatch(
         tables={"measurement": measurements([("hr-1", "anna", "enc-1", HEART_RATE, 70.0, PER_MINUTE)])},
         deletions=pl.DataFrame(
@@ -319,7 +324,7 @@ def test_a_record_deleted_and_brought_by_one_batch_keeps_the_rows_brought(wareho
     assert report.records_deleted == 1 and report.inserted == {"measurement": 1}
     assert _query(
         warehouse_path, "SELECT measurement_id, value_as_number FROM measurement WHERE value_as_number = 70"
-    ) == [(2, 70.0)]  # hr-1 keeps the id it got first (keys in order: bp-1, hr-1, hr-2)
+    ) == [(first_id[0][0], 70.0)]  # hr-1 keeps the id it got first
 
 
 def _load_run(path: Path, *batches: MappedBatch, run_id: int | None = None):
@@ -410,6 +415,10 @@ def test_a_record_brought_by_one_batch_and_deleted_by_a_later_one_keeps_the_rows
     warehouse_path: Path,
 ) -> None:
     _load(warehouse_path, first_batch())
+    first_id = _query(
+        warehouse_path,
+        "SELECT omop_id FROM passerelle.lineage WHERE omop_table = 'measurement' AND record_id = 'hr-1'",
+    )
     brought = MappedBatch(
         tables={"measurement": measurements([("hr-1", "anna", "enc-1", HEART_RATE, 70.0, PER_MINUTE)])}
     )
@@ -426,4 +435,4 @@ def test_a_record_brought_by_one_batch_and_deleted_by_a_later_one_keeps_the_rows
     assert report.records_deleted == 0 and report.removed == {"measurement": 1}
     assert _query(
         warehouse_path, "SELECT measurement_id, value_as_number FROM measurement WHERE value_as_number = 70"
-    ) == [(2, 70.0)]
+    ) == [(first_id[0][0], 70.0)]

@@ -132,22 +132,24 @@ _DUPLICATE = ("duplicate_key", "a later row of this batch has the same source ke
 def allocate_ids(
     con: duckdb.DuckDBPyConnection, table: Table, run_id: int, side: str, ids: RunIds
 ) -> tuple[int, int]:
-    """Give every new source key the next id of its table; known keys keep theirs. Returns the new
-    keys and the known ones.
+    """Give every new source key the next id of its table, in the order the keys first appear in the
+    batch; known keys keep theirs. Returns the new keys and the known ones.
 
     Rows sharing a source key: the last one in the batch is the current version of that row, the
     others are noted as duplicates. Both come from one grouping of the stage by key (a window over
-    the stage for the duplicates and three passes for the ids took 2.5 times longer at 10k patients).
+    the stage for the duplicates and three passes for the ids took 2.5 times longer at 10k patients;
+    numbering the keys in text order rather than by row took 1.4 times longer).
     """
     base = ids.highest(con, table)
     known_ids = ids.of(con, table)
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {_KEYS} AS
             SELECT k._key, k.live, k.last_row, m.omop_id IS NULL AS new,
-                   coalesce(m.omop_id, ? + row_number() OVER (PARTITION BY m.omop_id IS NULL ORDER BY k._key))
-                     AS omop_id
-            FROM (SELECT _key, count(*) FILTER (WHERE _status IS NULL) AS live,
-                         max(_row) FILTER (WHERE _status IS NULL) AS last_row
+                   coalesce(
+                     m.omop_id, ? + row_number() OVER (PARTITION BY m.omop_id IS NULL ORDER BY k.first_row)
+                   ) AS omop_id
+            FROM (SELECT _key, sum(CASE WHEN _status IS NULL THEN 1 ELSE 0 END) AS live,
+                         max(CASE WHEN _status IS NULL THEN _row END) AS last_row, min(_row) AS first_row
                   FROM {STAGE} WHERE _key IS NOT NULL GROUP BY _key) k
             LEFT JOIN {known_ids} m ON m.source_key = k._key""",
         [base],
