@@ -230,8 +230,13 @@ def test_dq_needs_exactly_one_database(cdm: Path, tmp_path: Path) -> None:
 
 # Rows where the batched scan forms could part from the checks' own queries: a birth_datetime, a record
 # dated in its person's birth year before mid-year (plausibleTemporalAfter counts it, plausibleAfterBirth
-# does not), a record more than 60 days after its person's death.
+# does not), a record more than 60 days after its person's death; a table without its primary key, and
+# two of its rows sharing an id (isPrimaryKey looks for duplicates only where no key forbids them).
 EDGE_ROWS = [
+    "CREATE TABLE main.unkeyed AS SELECT * FROM main.visit_occurrence",
+    "DROP TABLE main.visit_occurrence",
+    "ALTER TABLE main.unkeyed RENAME TO visit_occurrence",
+    "INSERT INTO main.visit_occurrence SELECT * FROM main.visit_occurrence WHERE visit_occurrence_id = 10",
     "INSERT INTO main.person (person_id, gender_concept_id, year_of_birth, birth_datetime, race_concept_id,"
     " ethnicity_concept_id) VALUES (4, 8507, 1950, TIMESTAMP '1950-07-15 10:00:00', 8527, 38003564)",
     "INSERT INTO main.person (person_id, gender_concept_id, year_of_birth, race_concept_id,"
@@ -260,6 +265,10 @@ def test_every_batched_count_is_what_the_checks_own_query_counts(tmp_path: Path)
         assert (temporal.num_violated_rows, temporal.num_denominator_rows) == (2, 5)  # 1003 and 1004
         after_birth = by_id["field_plausibleafterbirth_measurement_measurement_date"]
         assert (after_birth.num_violated_rows, after_birth.num_denominator_rows) == (1, 5)  # 1004
+        duplicated = by_id["field_isprimarykey_visit_occurrence_visit_occurrence_id"]
+        assert (duplicated.num_violated_rows, duplicated.num_denominator_rows) == (2, 3)
+        keyed = by_id["field_isprimarykey_measurement_measurement_id"]
+        assert (keyed.num_violated_rows, keyed.num_denominator_rows) == (0, 5)
         for r in ran:
             violated, _, denominator = con.execute(r.query_text).fetchone()
             assert (r.num_violated_rows, r.num_denominator_rows) == (violated, denominator), r.check_id

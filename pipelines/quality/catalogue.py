@@ -150,6 +150,7 @@ def _check_type(name: str, body: dict) -> CheckType:
         "violated",
         "violated_via_person",
         "violated_in_integer_column",
+        "batch_violated_in_primary_key",
         "denominator",
         "count",
         "exists",

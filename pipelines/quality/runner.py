@@ -77,6 +77,7 @@ def run_dqd(
             for column, data_type in columns.items()
             if data_type.upper() in _INTEGER_TYPES
         )
+        primary_keys = _primary_keys(database, {cdm_schema, vocab_schema})
         rendered = [
             render(
                 c,
@@ -86,6 +87,7 @@ def run_dqd(
                 scans=catalogue.scans,
                 batch_scans=catalogue.batch_scans,
                 integer_columns=integer_columns,
+                primary_keys=primary_keys,
             )
             for c in checks
         ]
@@ -123,6 +125,22 @@ def run_dqd(
 
 def _result(item: CheckSql, dialect: str) -> CheckResult:
     return CheckResult(check=item.check, query_text=item.standalone(dialect))
+
+
+def _primary_keys(database: _Database, schemas: set[str]) -> frozenset[tuple[str, str]]:
+    """(table, column) of every single-column primary key the database declares in ``schemas``."""
+    listed = ", ".join(f"'{_literal(schema)}'" for schema in sorted(schemas))
+    return frozenset(
+        database.rows(
+            "SELECT lower(c.table_name), lower(min(k.column_name))"
+            " FROM information_schema.table_constraints AS c"
+            " JOIN information_schema.key_column_usage AS k ON k.constraint_name = c.constraint_name"
+            " AND k.table_schema = c.table_schema AND k.table_name = c.table_name"
+            f" WHERE c.constraint_type = 'PRIMARY KEY' AND c.table_schema IN ({listed})"
+            " AND c.table_catalog = current_database()"
+            " GROUP BY c.table_name, c.constraint_name HAVING count(*) = 1"
+        )
+    )
 
 
 def _existence(check: Check, present: dict[str, dict[str, str]]) -> int | None:

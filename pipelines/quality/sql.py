@@ -69,12 +69,14 @@ def render(
     scans: dict[str, str] | None = None,
     batch_scans: dict[str, str] | None = None,
     integer_columns: frozenset[tuple[str, str]] = frozenset(),
+    primary_keys: frozenset[tuple[str, str]] = frozenset(),
 ) -> CheckSql:
     """Fill a check type's templates with the check's table, field, parameters and shared scans.
 
     ``batch_scans`` replace shared scans of the same name in the batched query (the same rows, computed
     faster); the standalone query keeps ``scans``. ``integer_columns`` are (table, field) pairs the
-    database declares integer: cdmDatatype has nothing to look for in them.
+    database declares integer: cdmDatatype has nothing to look for in them; ``primary_keys`` the
+    single-column primary keys it declares, where the batched isPrimaryKey count has nothing to find.
     """
     sql = check.type.sql
     values = _placeholders(check, cdm_schema, vocab_schema, table_schemas)
@@ -96,6 +98,9 @@ def render(
     batch_scan = _squash(scan_template.format_map(batch_values))
     restrict = sql["restrict"].format_map(values) if "restrict" in sql else None
     violated = _squash(violated_template.format_map(values))
+    batch_violated = violated
+    if "batch_violated_in_primary_key" in sql and (check.table, check.field) in primary_keys:
+        batch_violated = sql["batch_violated_in_primary_key"]
     denominator = _squash(sql["denominator"].format_map(values)) if "denominator" in sql else None
     count = sql.get("count", "rows")
     counted = {
@@ -143,7 +148,7 @@ def render(
         check=check,
         scan=batch_scan,
         restrict=restrict,
-        violated_count=batched(violated),
+        violated_count=batched(batch_violated),
         denominator_count=batched(denominator),
         counted=f"coalesce({counted}, 0)" if count == "weighted" else f"{counted}{null_value}",
         listing=f"SELECT t.* FROM {scan} AS t WHERE {where_listing}",
