@@ -351,3 +351,64 @@ def test_rows_split_over_threads_and_blocks_give_the_same_frame(starter, monkeyp
     assert split.equals(whole)
     assert split.height == 6006  # I48 maps to two concepts: one more row for each of its 6 rows
     assert split["concept_id"].head(5).to_list() == [3027018, 3004249, 313217, 0, 0]
+
+
+def test_streamed_keys_of_a_frame_in_many_chunks_give_the_same_frame(starter, monkeypatch):
+    # the streaming engine's hashing (10 M-row frames) on a small frame read in pieces: its key chunks are
+    # walked as they come, in blocks of 256 rows over two threads
+    import pipelines.mapping.concepts as concepts
+
+    codes = ["8867-4", "8480-6", "I48", "zzz", None] + [f"x{i}" for i in range(995)]
+    systems = ["LOINC", "http://loinc.org", "http://hl7.org/fhir/sid/icd-10-cm", "LOINC", "LOINC"]
+    piece = pl.DataFrame({"system": systems + ["LOINC"] * 995, "code": codes})
+    frame = pl.concat([piece, piece.head(700), piece, piece.tail(300)], rechunk=False)
+    assert frame.n_chunks() == 4
+    whole = resolve_concepts(frame.rechunk(), starter)
+    monkeypatch.setattr(concepts, "_STREAMED_ROWS", 0)
+    monkeypatch.setattr(concepts, "_ROWS_PER_THREAD", 1000)
+    monkeypatch.setattr(concepts, "_BLOCK", 256)
+    streamed = resolve_concepts(frame, starter)
+    assert streamed.equals(whole)
+    assert streamed.height == 3003  # I48 (rows 2, 1002, 1702) fans out to two concepts
+    assert streamed["concept_id"].head(5).to_list() == [3027018, 3004249, 313217, 0, 0]
+
+
+def test_codes_missing_from_the_first_rounds_sample_are_placed_in_the_next_round(starter, monkeypatch):
+    # the first round's table holds every 8th row only: here the codes of the other rows occur once
+    # each, so their buckets are empty or taken by a sampled code and they all take a second round
+    import pipelines.mapping.concepts as concepts
+
+    rounds = []
+    place = concepts._place
+
+    def counted(blocks, count, *args):
+        rounds.append(count)
+        return place(blocks, count, *args)
+
+    monkeypatch.setattr(concepts, "_place", counted)
+    codes = [("8867-4" if i % 8 == 0 else f"once-{i}") for i in range(800)]
+    codes[801 % 800] = "8480-6"
+    frame = pl.DataFrame({"system": ["LOINC"] * 800, "code": codes})
+    out = resolve_concepts(frame, starter)
+    assert rounds[0] == 800 and rounds[1] == 700  # the 700 rows outside the sample
+    expected = [3027018 if i % 8 == 0 else 3004249 if i == 1 else 0 for i in range(800)]
+    assert out["concept_id"].to_list() == expected
+    assert out["source_value"].equals(frame["code"].alias("source_value"))
+
+
+def test_keys_and_checks_chunked_differently_are_joined_before_the_blocks_are_cut(starter, monkeypatch):
+    import pipelines.mapping.concepts as concepts
+
+    row_keys = concepts._row_keys
+
+    def unevenly_chunked(keys: pl.DataFrame) -> pl.DataFrame:
+        hashed = row_keys(keys)
+        key = hashed.get_column("key")
+        return hashed.with_columns(pl.concat([key.head(2), key.tail(key.len() - 2)], rechunk=False))
+
+    monkeypatch.setattr(concepts, "_row_keys", unevenly_chunked)
+    frame = pl.DataFrame(
+        {"system": ["LOINC", "LOINC", "SNOMED", "LOINC"], "code": ["8867-4", "8480-6", "44054006", "8867-4"]}
+    )
+    assert unevenly_chunked(frame).get_column("key").n_chunks() == 2
+    assert resolve_concepts(frame, starter)["concept_id"].to_list() == [3027018, 3004249, 201826, 3027018]
