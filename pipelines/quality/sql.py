@@ -79,11 +79,9 @@ def render(
     single-column primary keys it declares, where the batched isPrimaryKey count has nothing to find.
     """
     sql = check.type.sql
-    values = _placeholders(check, cdm_schema, vocab_schema, table_schemas)
-    values.update({name: _squash(template.format_map(values)) for name, template in (scans or {}).items()})
-    batch_values = values | {
-        name: _squash(template.format_map(values)) for name, template in (batch_scans or {}).items()
-    }
+    placeholders = _placeholders(check, cdm_schema, vocab_schema, table_schemas)
+    values = _Values(placeholders, scans or {})
+    batch_values = _Values(placeholders, (scans or {}) | (batch_scans or {}))
     if "exists" in sql:
         column = f"t.{check.field}" if check.field else "*"
         listing = f"SELECT count({column}) AS present FROM {values['home']}.{check.table} AS t"
@@ -216,6 +214,21 @@ def _union(restrictions: list[str]) -> str:
             others.append(f"({r})")
     parts = [f"t.{column} IN ({', '.join(ids)})" for column, ids in by_column.items()] + others
     return " OR ".join(parts)
+
+
+class _Values(dict):
+    """A check's placeholders; a shared scan is filled in when a template first names it (most checks
+    name none, and filling every scan for each of the 2,374 checks took a third of ``render``)."""
+
+    def __init__(self, placeholders: dict[str, str], scans: dict[str, str]) -> None:
+        super().__init__(placeholders)
+        self._scans = scans
+
+    def __missing__(self, name: str) -> str:
+        if name not in self._scans:
+            raise KeyError(name)
+        self[name] = _squash(self._scans[name].format_map(self))
+        return self[name]
 
 
 def _placeholders(check: Check, cdm: str, vocab: str, table_schemas: dict[str, str]) -> dict[str, str]:
