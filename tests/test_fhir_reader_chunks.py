@@ -395,3 +395,43 @@ def test_fast_path_equals_the_exact_path_when_an_element_first_appears_in_a_late
     _assert_same(fast, exact)
     concepts = fast.resources["Observation"]["valueCodeableConcept"].drop_nulls()
     assert concepts.struct.field("coding").list.first().struct.field("code").to_list() == ["x", "x"]
+
+
+def test_a_bundle_entry_is_grouped_by_its_request_and_checked_against_its_resource(tmp_path, monkeypatch):
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:u{i}",
+            "resource": _observation(i),
+            "request": {"method": "POST", "url": "Observation"},
+        }
+        for i in range(300)
+    ]
+    entries[1]["request"] = {"method": "PUT", "url": "Observation/o1"}
+    entries[2]["request"] = {"method": "PUT", "url": "Observation?identifier=x"}  # conditional
+    entries[3].pop("request")  # none: the type is read from the resource
+    entries[4]["request"] = {"method": "POST", "url": "NotAType"}
+    entries[5]["resource"] = {"resourceType": "Patient", "id": "p5"}
+    entries[5]["request"] = {"method": "PUT", "url": "Patient/p5"}
+    (tmp_path / "grouped.json").write_text(
+        json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    )
+    entries[6]["request"] = {"method": "POST", "url": "Patient"}  # names another type than its resource
+    (tmp_path / "mislabelled.json").write_text(
+        json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    )
+    exact_files = []
+    read_document = reader._Staging.read_document
+
+    def counted(self, data, file):
+        exact_files.append(Path(file).name)
+        return read_document(self, data, file)
+
+    monkeypatch.setattr(reader._Staging, "read_document", counted)
+    fast = reader.read_fhir([tmp_path])
+    assert exact_files == ["mislabelled.json"]  # the other file went the fast way
+    _exact(monkeypatch)
+    exact = reader.read_fhir([tmp_path])
+
+    _assert_same(fast, exact)
+    assert fast.resources["Patient"]["_record_key"].to_list() == ["fhir|Patient/p5"]
+    assert fast.resources["Observation"].height == 299 and fast.quarantine.height == 0

@@ -773,20 +773,18 @@ def _parse_ndjson(
     )
 
 
-class _EntryHead(msgspec.Struct):
-    """What the fast path needs to know of a Bundle entry before parsing its resource."""
+class _FastBundle(msgspec.Struct):
+    """A Bundle as the fast path takes it, in one msgspec pass: its entries with their resources as
+    raw bytes, its own elements checked as ``model.Bundle`` checks them for the exact path."""
 
-    resource: model.Envelope | None = None
-    request: model.BundleRequest | None = None
-
-
-class _BundleHeads(msgspec.Struct):
     resourceType: str
-    entry: list[_EntryHead] | None = None
+    id: model.Str = None
+    meta: model.Meta | None = None
+    type: model.Str = None
+    entry: list[model.BundleEntry] | None = None
 
 
-_raw_bundle = msgspec.json.Decoder(model.Bundle)  # entries' resources as raw bytes
-_bundle_heads = msgspec.json.Decoder(_BundleHeads)
+_fast_bundle = msgspec.json.Decoder(_FastBundle)
 
 
 def _bundle_parses(
@@ -794,7 +792,13 @@ def _bundle_parses(
 ) -> list[Future] | None:
     """A Bundle file of resources to load (no DELETE, no nested Bundle, not a server's reply or a
     history): each resource type's entries sent to the pool to parse in one go. None when the file
-    needs the exact path."""
+    needs the exact path.
+
+    An entry's type is taken from its request (``POST Observation``, ``PUT Patient/1``) when that
+    names a type, else from its resource's envelope. Not a decoding of each resource's envelope: that was a
+    second msgspec pass over every Bundle, 1.2 of the 10 k-patient read's 14 CPU s. It is a grouping,
+    not a verdict: Arrow checks every row's ``resourceType`` against its group, and a request that
+    names another type than its resource sends the file the exact way, as any refusal does."""
     if len(data) < _FAST_BUNDLE_BYTES:
         return None
     if b"\n" in data or b"\r" in data:  # pretty-printed: one line per entry for Arrow
@@ -803,23 +807,27 @@ def _bundle_parses(
         except msgspec.DecodeError:
             return None
     try:
-        heads = _bundle_heads.decode(data)
-        bundle = _raw_bundle.decode(data)
+        bundle = _fast_bundle.decode(data)
     except msgspec.DecodeError:
         return None
-    if heads.resourceType != "Bundle" or bundle.type in _RESPONSE_BUNDLES or bundle.type == "history":
+    if bundle.resourceType != "Bundle" or bundle.type in _RESPONSE_BUNDLES or bundle.type == "history":
         return None
     entries = bundle.entry or []
     structs = model.resource_structs()
     groups: dict[str, list[int]] = defaultdict(list)
-    for index, head in enumerate(heads.entry or []):
-        request = head.request
+    for index, entry in enumerate(entries):
+        request = entry.request
         method = (request.method or "").upper() if request else ""
         if method == "DELETE":
             return None
-        if method in _QUERY_METHODS or head.resource is None:
+        if method in _QUERY_METHODS or not _present(entry.resource):
             continue
-        kind = head.resource.resourceType
+        kind = request.url.partition("/")[0] if request and request.url else None
+        if kind not in structs:
+            try:
+                kind = _envelope.decode(entry.resource).resourceType
+            except msgspec.DecodeError:  # not a JSON object
+                return None
         if not isinstance(kind, str) or kind not in structs or kind == "Bundle":
             return None
         groups[kind].append(index)
@@ -919,8 +927,8 @@ def _is_bundle(resource: msgspec.Struct) -> bool:
 
 
 def _present(resource: msgspec.Raw | msgspec.Struct | None) -> bool:
-    if isinstance(resource, msgspec.Raw):
-        return len(resource) > 0 and bytes(resource) != b"null"
+    if isinstance(resource, msgspec.Raw):  # (compared only when 4 bytes long: bytes() copies it)
+        return len(resource) > 0 and not (len(resource) == 4 and bytes(resource) == b"null")
     return resource is not None
 
 
