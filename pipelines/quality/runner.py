@@ -21,7 +21,7 @@ import duckdb
 from pipelines.errors import PasserelleError
 from pipelines.quality.catalogue import Check, load_catalogue
 from pipelines.quality.results import CheckResult, DqdResults
-from pipelines.quality.sql import CheckSql, batches, render, transpile
+from pipelines.quality.sql import CheckSql, batches, render, transpile, value_presence
 from pipelines.quality.status import evaluate
 
 # information_schema data_type values of integer columns (DuckDB, PostgreSQL)
@@ -107,6 +107,10 @@ def run_dqd(
                 _record(results[id(item.check)], 0, 0, 0.0)  # an empty table: nothing to count
             else:
                 runnable.append(item)
+        absent = {id(item.check) for item in _absent_values(database, runnable)}
+        for check in absent:
+            _record(results[check], 0, 0, 0.0)  # its value is not in the scan: nothing to count
+        runnable = [item for item in runnable if id(item.check) not in absent]
         queries = sorted(batches(runnable), key=lambda q: -rows.get(q[1][0].check.table, 0))
         _run_batches(database, queries, results)
     finally:
@@ -175,6 +179,18 @@ def _present(check: Check, present: dict[str, dict[str, str]]) -> bool:
     if check.table not in present:
         return False
     return check.field is None or check.field in present[check.table]
+
+
+def _absent_values(database: _Database, items: list[CheckSql]) -> list[CheckSql]:
+    """The checks restricted to a value their scan does not have (see ``value_presence``)."""
+    absent = []
+    for sql, values in value_presence(items):
+        try:
+            present = {value for (value,) in database.rows(transpile(sql, database.dialect))}
+        except Exception:
+            continue  # the batches will run these checks, and report what is wrong with them
+        absent += [item for value, members in values.items() if value not in present for item in members]
+    return absent
 
 
 def _run_batches(
