@@ -378,15 +378,16 @@ def _place(
     for other in firsts[1:]:
         np.maximum(first, other, out=first)
     used = first >= 0
-    table_key = np.zeros(size, dtype=np.uint64)
-    table_check = np.zeros(size, dtype=np.uint64)
+    # A bucket no (sampled) row took holds a key whose low bits are not its number: no key of that bucket
+    # in the first round equals it, so its rows go to the next round. (In later rounds every row's bucket
+    # is taken.) The check of such a bucket is never compared, so it is left as it is.
+    table_key = np.arange(size, dtype=np.uint64)
+    np.bitwise_xor(table_key, np.uint64(1), out=table_key)
+    table_check = np.empty(size, dtype=np.uint64)
     table_key[used], table_check[used] = _at(blocks, first[used])
-    if stride > 1:
-        # a bucket no sampled row took holds a key whose low bits are not its number: no key of that bucket
-        # equals it, so its rows go to the next round
-        empty = np.flatnonzero(~used)
-        table_key[empty] = empty ^ 1
-    number = (np.cumsum(used) - 1 + offset).astype(np.uint32)
+    number = np.cumsum(used, dtype=np.uint32)
+    number += np.uint32(offset)
+    number -= np.uint32(1)  # buckets before the first used one wrap around: no row reads them
 
     def verify(run: list[_Block]) -> list[_Block] | None:
         """(position, key, check) of the run's keys that lost their bucket; None if one collided."""
