@@ -1,8 +1,10 @@
 """Run the DQD checks natively on a CDM v5.4 database: DuckDB, or PostgreSQL through sqlglot.
 
 Tables and fields are looked up once in the database catalogue (that answers cdmTable and cdmField,
-and keeps checks on missing tables out of the SQL: DQD reports them Not Applicable). The other checks
-run batched, one scan per table (pipelines/quality/sql.py); a batch that fails is re-run check by
+and keeps checks on missing tables out of the SQL: DQD reports them Not Applicable). What needs no
+scan is answered before the batches: checks on empty tables, and concept checks whose concept is
+absent from their scan, count 0 of 0. The other checks run batched, one scan per table
+(pipelines/quality/sql.py), two batches at a time on DuckDB; a batch that fails is re-run check by
 check so that only the broken checks are reported as errors.
 """
 
