@@ -412,3 +412,14 @@ def test_keys_and_checks_chunked_differently_are_joined_before_the_blocks_are_cu
     )
     assert unevenly_chunked(frame).get_column("key").n_chunks() == 2
     assert resolve_concepts(frame, starter)["concept_id"].to_list() == [3027018, 3004249, 201826, 3027018]
+
+
+def test_equal_range_counts_runs_of_keys_up_to_the_end_of_the_index():
+    import numpy as np
+
+    from pipelines.mapping.concepts import _equal_range
+
+    keys = np.array([2, 5, 5, 5, 9, 12, 12], dtype=np.uint64)
+    start, count = _equal_range(keys, np.array([1, 5, 9, 10, 12, 13], dtype=np.uint64))
+    assert start.tolist() == [0, 1, 4, 5, 5, 7]
+    assert count.tolist() == [0, 3, 1, 0, 2, 0]

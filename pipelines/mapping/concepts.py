@@ -507,10 +507,8 @@ def _find(vocabulary_id: pl.Series, code: pl.Series, lookup: pl.DataFrame) -> pl
     # 0.008 CPU s this way against 0.05 in query order
     order = np.argsort(wanted)
     start = np.empty(len(wanted), dtype=np.int64)
-    stop = np.empty(len(wanted), dtype=np.int64)
-    start[order] = np.searchsorted(keys, wanted[order], side="left")
-    stop[order] = np.searchsorted(keys, wanted[order], side="right")
-    count = stop - start
+    count = np.empty(len(wanted), dtype=np.int64)
+    start[order], count[order] = _equal_range(keys, wanted[order])
     query = np.repeat(np.arange(queries.height, dtype=np.uint32), count)
     offset = np.arange(len(query)) - np.repeat(np.cumsum(count) - count, count)
     rows = lookup.drop(KEY).gather(np.repeat(start, count) + offset).with_columns(slot=pl.Series(query))
@@ -520,6 +518,27 @@ def _find(vocabulary_id: pl.Series, code: pl.Series, lookup: pl.DataFrame) -> pl
         )
         & pl.col("concept_code").eq_missing(queries.get_column("code").gather(rows.get_column("slot")))
     )
+
+
+def _equal_range(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first position, count) of each of the sorted ``wanted`` values in the sorted ``keys``.
+
+    One binary search per value (the halves of the values in two threads), then the equal keys after it
+    counted by stepping: a code has one or a few targets, so this is cheaper than a second search for
+    the end of the run (50 k values in 8 M keys: 0.015 CPU s for both searches)."""
+    halves = [wanted[: len(wanted) // 2], wanted[len(wanted) // 2 :]]
+    start = np.concatenate(
+        _in_threads(lambda part: np.searchsorted(keys, part, side="left"), halves, len(halves))
+    )
+    count = np.zeros(len(wanted), dtype=np.int64)
+    alive = np.arange(len(wanted))
+    while len(alive):
+        at = start[alive] + count[alive]
+        inside = at < len(keys)
+        alive, at = alive[inside], at[inside]
+        alive = alive[keys[at] == wanted[alive]]
+        count[alive] += 1
+    return start, count
 
 
 def _attach(
