@@ -435,3 +435,17 @@ def test_a_bundle_entry_is_grouped_by_its_request_and_checked_against_its_resour
     _assert_same(fast, exact)
     assert fast.resources["Patient"]["_record_key"].to_list() == ["fhir|Patient/p5"]
     assert fast.resources["Observation"].height == 299 and fast.quarantine.height == 0
+
+
+def test_a_first_large_block_is_learnt_from_its_first_lines_and_still_read_whole():
+    records = [_observation(i) for i in range(4000)]
+    records[3500]["valueString"] = "after the first lines"
+    data = b"\n".join(json.dumps(record).encode() for record in records)
+    assert len(data) > 2 * columnar._FIRST_LINES
+    presence = columnar.Presence()
+
+    lean = columnar.parse_block(data, "Observation", 4000, presence=presence)
+
+    assert lean.equals(columnar.parse_block(data, "Observation", 4000))
+    assert lean["valueString"].drop_nulls().to_list() == ["after the first lines"]
+    assert lean["id"].to_list() == [f"o{i}" for i in range(4000)]

@@ -816,13 +816,17 @@ def _bundle_parses(
     structs = model.resource_structs()
     groups: dict[str, list[int]] = defaultdict(list)
     for index, entry in enumerate(entries):
-        request = entry.request
-        method = (request.method or "").upper() if request else ""
-        if method == "DELETE":
-            return None
-        if method in _QUERY_METHODS or not _present(entry.resource):
+        request, kind = entry.request, None
+        if request is not None:
+            method = (request.method or "").upper()
+            if method == "DELETE":
+                return None
+            if method in _QUERY_METHODS:
+                continue
+            kind = request.url.partition("/")[0] if request.url else None
+        size = len(entry.resource)  # (``_present``, inline: 0.3 s of calls at 10 k)
+        if size == 0 or (size == 4 and bytes(entry.resource) == b"null"):
             continue
-        kind = request.url.partition("/")[0] if request and request.url else None
         if kind not in structs:
             try:
                 kind = _envelope.decode(entry.resource).resourceType
