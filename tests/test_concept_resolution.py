@@ -371,6 +371,8 @@ def test_streamed_keys_of_a_frame_in_many_chunks_give_the_same_frame(starter, mo
     assert streamed.equals(whole)
     assert streamed.height == 3003  # I48 (rows 2, 1002, 1702) fans out to two concepts
     assert streamed["concept_id"].head(5).to_list() == [3027018, 3004249, 313217, 0, 0]
+    coded = resolve_concepts(frame.with_columns(pl.col("system", "code").cast(pl.Categorical)), starter)
+    assert coded.drop("system", "code").equals(streamed.drop("system", "code"))
 
 
 def test_codes_missing_from_the_first_rounds_sample_are_placed_in_the_next_round(starter, monkeypatch):
