@@ -259,11 +259,13 @@ def _slots(keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     and a second, independent check of its last column (the code). A table of 2^20 buckets indexed by the
     key's low bits then groups the rows in a few numpy passes (scatter, gather, compare), the rows cut in
     one run of blocks per thread (numpy lets go of the GIL); the buckets used are then numbered densely.
-    Rows whose bucket another key took retry in a smaller table with other bits of the key (about 2 %
-    of 50 k keys collide; their rows are a second round). Two keys with different codes share a slot
-    only if both 64-bit values collide (odds around 1e-29 for 10^5 distinct codes); keys with the same
-    code only if two of the few code systems collide on the first hash (around 1e-14 for a thousand
-    systems). If the check ever disagrees within a bucket, the exact string grouping is used instead.
+    The first round's table is built from every ``_SAMPLE``-th row only. Rows whose code was not
+    sampled, or whose bucket another key took, retry in a smaller table with other bits of the key
+    (1 % of 10 M rows over 50 k codes; every row of a later round is scattered). Two keys with different
+    codes share a slot only if both 64-bit values collide (odds around 1e-29 for 10^5 distinct codes);
+    keys with the same code only if two of the few code systems collide on the first hash (around 1e-14
+    for a thousand systems). If the check ever disagrees within a bucket, the exact string grouping is
+    used instead.
     """
     if keys.height == 0:
         return np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.int64)
