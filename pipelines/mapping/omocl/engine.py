@@ -158,12 +158,18 @@ def map_composition(
     shape = (tuple(map(_NODE_PATH, nodes)), tuple(map(_IS_ELEMENT, nodes)))
     plan = plans.get(shape) if plans is not None else None
     if plan is None:
-        plan = _plan(_Tree(nodes), catalogue)
+        plan = plan_composition(nodes, catalogue)
         if plans is not None:
             if len(plans) >= _MAX_PLANS:
                 plans.clear()
             plans[shape] = plan
-    return _run(plan, nodes)
+    return run_plan(plan, nodes)
+
+
+def plan_composition(nodes: list[dict], catalogue: dict[str, tuple[OmoclFile, ...]]) -> CompositionPlan:
+    """Which nodes give each field of each row, for every composition of the structure of ``nodes``
+    (their node paths and element flags); ``nodes`` as ``map_composition`` takes them."""
+    return _plan(_Tree(nodes), catalogue)
 
 
 _MAX_PLANS = 4096
@@ -188,19 +194,35 @@ class _RowPlan:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class CompositionPlan:
+    """The rows a composition structure gives, and where each field may come from."""
+
     rows: tuple[_RowPlan, ...]
     custom: tuple[tuple[str, int], ...]
 
+    def positions(self) -> frozenset[int]:
+        """The node positions ``run_plan`` reads: the other nodes need not be built."""
+        read: set[int] = set()
+        for row in self.rows:
+            read.update((row.anchor, row.focus))
+            for _, _, steps in row.fields:
+                for step in steps:
+                    if step[0] == _NODES:
+                        read.update(position for position, _ in step[2])
+                    elif step[0] == _MULTIPLY:
+                        for factor in step[2]:
+                            read.update(factor)
+        return frozenset(read)
 
-def _plan(tree: _Tree, catalogue: dict[str, tuple[OmoclFile, ...]]) -> _Plan:
+
+def _plan(tree: _Tree, catalogue: dict[str, tuple[OmoclFile, ...]]) -> CompositionPlan:
     positions = {id(node): position for position, node in enumerate(tree.nodes)}
     rows: list[_RowPlan] = []
     custom: dict[str, int] = {}
     for anchor in tree.entries():
         for file in catalogue.get(anchor["node_id"], ()):
             _plan_file(tree, positions, file, anchor, catalogue, rows, custom, 0)
-    return _Plan(tuple(rows), tuple(custom.items()))
+    return CompositionPlan(tuple(rows), tuple(custom.items()))
 
 
 def _plan_file(tree, positions, file, anchor, catalogue, rows, custom, depth) -> None:
@@ -275,8 +297,11 @@ def _plan_field(tree, positions, alternatives: tuple[Alternative, ...], role: di
     return tuple(steps)
 
 
-def _run(plan: _Plan, nodes: list[dict]) -> tuple[list[dict], list[dict], dict[str, int]]:
-    """A plan applied to the values of a composition of its structure."""
+def run_plan(
+    plan: CompositionPlan, nodes: list[dict] | dict[int, dict]
+) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """A plan applied to the values of a composition of its structure, as ``map_composition``
+    returns them. ``nodes`` may hold only the positions ``plan.positions()`` names (by position)."""
     candidates: list[dict] = []
     incomplete: list[dict] = []
     for row_plan in plan.rows:

@@ -23,8 +23,7 @@ from pipelines.errors import PasserelleError
 from pipelines.mapping.batch import QUARANTINE_SCHEMA, MappedBatch
 from pipelines.mapping.omocl.grammar import load_catalogue
 from pipelines.project_files import data_dir
-from pipelines.sources.openehr.collect import Collector, Found
-from pipelines.sources.openehr.flatten import FlatComposition
+from pipelines.sources.openehr.collect import Collector, Found, MappedComposition
 from pipelines.sources.openehr.persons import person_rows
 from pipelines.sources.openehr.reader import COMPOSITION, EHR_STATUS, read_compositions
 from pipelines.sources.openehr.spill import Spill, bucket, bucket_ranges
@@ -59,12 +58,12 @@ def map_openehr(
     collector = _collector(mapping_dirs)
     parts: list[Found] = []
 
-    def keep(sequence: int, row: dict, flat: FlatComposition) -> None:
-        collector(sequence, row, flat)
+    def keep(sequence: int, row: dict, mapped: MappedComposition) -> None:
+        collector(sequence, row, mapped)
         if len(collector) >= _FLUSH_COMPOSITIONS:  # frames hold the rows in a fraction of the dicts' memory
             parts.append(collector.found())
 
-    scan = read_compositions(paths, keep, time_zone=time_zone)
+    scan = read_compositions(paths, keep, time_zone=time_zone, walk=collector.walk)
     found = Found.concat([*parts, collector.found()])
     found = found.where(pl.col("sequence").is_in(scan.compositions["sequence"].implode()))
     return _map(_Part(found, scan.ehrs, scan.quarantine, scan.inputs, scan.superseded), vocab)
@@ -91,12 +90,12 @@ def iter_openehr_batches(
     with tempfile.TemporaryDirectory(prefix="passerelle-openehr-") as folder:
         spill = Spill(Path(folder))
 
-        def keep(sequence: int, row: dict, flat: FlatComposition) -> None:
-            collector(sequence, row, flat)
+        def keep(sequence: int, row: dict, mapped: MappedComposition) -> None:
+            collector(sequence, row, mapped)
             if len(collector) >= min(_FLUSH_COMPOSITIONS, max_compositions):
                 spill.write(collector.found())
 
-        scan = read_compositions(paths, keep, time_zone=time_zone)
+        scan = read_compositions(paths, keep, time_zone=time_zone, walk=collector.walk)
         spill.write(collector.found())
         kept = pl.col("sequence").is_in(scan.compositions["sequence"].implode())
         ehrs = scan.ehrs.with_columns(bucket())

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -62,8 +63,11 @@ class OpenEhrExport:
     superseded: int = 0  # compositions replaced by a newer version of the same uid in this batch
 
 
-# what a reader does with each composition it walked: (sequence number, its COMPOSITION_SCHEMA row, nodes)
-Keep = Callable[[int, dict, FlatComposition], None]
+# what a reader does with each composition it walked: (sequence number, its COMPOSITION_SCHEMA row,
+# what the walk gave)
+Keep = Callable[[int, dict, Any], None]
+# how a composition is walked: walk_composition's arguments, raises CompositionError
+Walk = Callable[..., Any]
 
 
 def read_openehr(paths: list[Path], *, time_zone: str | None = None) -> OpenEhrExport:
@@ -80,12 +84,14 @@ def read_openehr(paths: list[Path], *, time_zone: str | None = None) -> OpenEhrE
     return export
 
 
-def read_compositions(paths: list[Path], keep: Keep, *, time_zone: str | None = None) -> OpenEhrExport:
-    """Read every input, handing each composition walked to ``keep`` as soon as it is read, so a
-    caller can map it and let its nodes go. ``compositions`` of the result has only the columns
-    ``composition_uid`` and ``sequence``: the compositions that stay (a newer version of a uid
-    replaces an older one, read before or after it); ``elements`` is empty."""
-    reader = _Reader(configured_zone(time_zone), keep)
+def read_compositions(
+    paths: list[Path], keep: Keep, *, time_zone: str | None = None, walk: Walk = walk_composition
+) -> OpenEhrExport:
+    """Read every input, handing what ``walk`` gave of each composition to ``keep`` as soon as it
+    is read, so a caller can map it and let its nodes go. ``compositions`` of the result has only the
+    columns ``composition_uid`` and ``sequence``: the compositions that stay (a newer version of a
+    uid replaces an older one, read before or after it); ``elements`` is empty."""
+    reader = _Reader(configured_zone(time_zone), keep, walk)
     with _collector_paused():
         for path in paths:
             path = Path(path)
@@ -114,9 +120,10 @@ def _collector_paused() -> Iterator[None]:
 
 
 class _Reader:
-    def __init__(self, zone: ZoneInfo, keep: Keep) -> None:
+    def __init__(self, zone: ZoneInfo, keep: Keep, walk: Walk) -> None:
         self.zone = zone
         self.keep = keep
+        self.walk = walk
         self.sequence = 0
         self.kept: dict[str, tuple[int, str | None]] = {}  # uid -> sequence and version that stay
         self.ehrs: dict[str, dict] = {}
@@ -201,7 +208,7 @@ class _Reader:
             # only attributes Node leaves out: a context all the same, whose start time is missing
             composition.context = Node(rm_type=None)
         try:
-            flat = walk_composition(
+            flat = self.walk(
                 composition,
                 uid=uid,
                 version=version,
