@@ -237,26 +237,45 @@ def resolve_references(
     of the run may bring the record it points at. Otherwise a required column sends the row to
     quarantine, an optional one becomes NULL.
     """
+    wanted = {name: column for name, column in references(table).items() if name in columns}
+    # Self-references last: a row they point at must have passed the other references first.
+    own = {name: column for name, column in wanted.items() if column.references[0] == table.name}
+    for group in ({n: c for n, c in wanted.items() if n not in own}, own):
+        if group:
+            _look_up_references(con, table, ids, group)
+            _settle_references(con, table, group, counts, hold=hold)
+
+
+def _look_up_references(con: duckdb.DuckDBPyConnection, table: Table, ids: RunIds, wanted: dict) -> None:
+    """The ids of ``wanted``'s references, all in one UPDATE: a join per referenced table, one pass
+    over the stage (a statement per column took 1.7 s of the load at 10 k patients, half of it this)."""
     schema = cdm_schema()
-    for name, column in references(table).items():
-        if name not in columns:
-            continue
-        ref = REF_PREFIX + name
+    joins, sets, picks = [], [], []
+    for number, (name, column) in enumerate(wanted.items()):
         target, target_column = column.references
         existing = f"SELECT {quoted(target_column)} FROM main.{target}"
         if target == table.name:
             existing += f" UNION ALL SELECT _id FROM {STAGE} WHERE _status IS NULL"
-        con.execute(
-            f"""UPDATE {STAGE} s SET {quoted(name)} = r.omop_id
-                FROM (SELECT s2._row, m.omop_id
-                      FROM {STAGE} s2
-                      LEFT JOIN (SELECT source_key, omop_id FROM {ids.of(con, schema.table(target))}
-                                 WHERE omop_id IN ({existing})) m
-                        ON m.source_key = s2.{quoted(ref)}
-                      WHERE s2.{quoted(ref)} IS NOT NULL) r
-                WHERE s._row = r._row"""
+        alias = f"m{number}"
+        joins.append(
+            f"LEFT JOIN (SELECT source_key, omop_id FROM {ids.of(con, schema.table(target))}"
+            f" WHERE omop_id IN ({existing})) {alias} ON {alias}.source_key = s2.{quoted(REF_PREFIX + name)}"
         )
-        unresolved = f"{quoted(ref)} IS NOT NULL AND {quoted(name)} IS NULL"
+        picks.append(f"{alias}.omop_id AS {alias}")
+        sets.append(f"{quoted(name)} = r.{alias}")
+    con.execute(
+        f"""UPDATE {STAGE} s SET {", ".join(sets)}
+            FROM (SELECT s2._row, {", ".join(picks)} FROM {STAGE} s2 {" ".join(joins)}) r
+            WHERE s._row = r._row"""
+    )
+
+
+def _settle_references(
+    con: duckdb.DuckDBPyConnection, table: Table, wanted: dict, counts: StageCounts, *, hold: bool
+) -> None:
+    for name, column in wanted.items():
+        target = column.references[0]
+        unresolved = f"{quoted(REF_PREFIX + name)} IS NOT NULL AND {quoted(name)} IS NULL"
         if hold:
             _reject(con, HELD, "held back until the run's last batch", unresolved)
         elif column.required:
@@ -275,14 +294,19 @@ def resolve_references(
 
 
 def check_required(con: duckdb.DuckDBPyConnection, table: Table) -> None:
-    for column in table.columns:
-        if column.required and not column.primary_key:
-            _reject(
-                con,
-                "missing_required_value",
-                f"{column.name}: required by CDM v5.4 but empty",
-                f"{quoted(column.name)} IS NULL",
-            )
+    """Rows with an empty required column are quarantined, naming the first such column; one UPDATE
+    for all the columns (one per column was 269 statements at 10 k patients)."""
+    required = [c.name for c in table.columns if c.required and not c.primary_key]
+    if not required:
+        return
+    reason = " ".join(
+        f"WHEN {quoted(name)} IS NULL THEN '{name}: required by CDM v5.4 but empty'" for name in required
+    )
+    empty = " OR ".join(f"{quoted(name)} IS NULL" for name in required)
+    con.execute(
+        f"UPDATE {STAGE} SET _status = 'missing_required_value', _reason = CASE {reason} END "
+        f"WHERE _status IS NULL AND ({empty})"
+    )
 
 
 def truncate_text(con: duckdb.DuckDBPyConnection, table: Table, counts: StageCounts) -> None:
