@@ -251,7 +251,8 @@ EDGE_ROWS = [
 
 
 def test_every_batched_count_is_what_the_checks_own_query_counts(tmp_path: Path) -> None:
-    """The batches (shared scans, CASE counts, faster scan forms) give each check's queryText numbers."""
+    """What the batches count (shared scans, CASE counts, faster scan forms, declared primary keys,
+    concepts absent from their scan) is what each check's queryText counts."""
     path = tmp_path / "edges.duckdb"
     initialize(path)
     with connect(path) as con:
