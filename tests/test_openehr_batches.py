@@ -147,6 +147,21 @@ def test_one_batch_when_everything_fits(sources, vocab):
     assert batches[0].mapped == whole.mapped
 
 
+def test_one_batch_held_in_memory_over_many_flushes_gives_the_rows_of_one_batch(sources, vocab, monkeypatch):
+    monkeypatch.setattr(mapper, "_FLUSH_COMPOSITIONS", 7)  # some 16 flushes, none written to disk
+    batches = list(iter_openehr_batches([sources], vocab, max_compositions=10_000))
+    whole = map_openehr([sources], vocab)
+    assert len(batches) == 1
+    assert batches[0].tables.keys() == whole.tables.keys()
+    for name, frame in whole.tables.items():
+        assert _by_key(batches[0].tables[name]).equals(_by_key(frame)), name
+    assert (batches[0].inputs, batches[0].mapped, batches[0].filtered) == (
+        whole.inputs,
+        whole.mapped,
+        whole.filtered,
+    )
+
+
 def test_a_batch_size_below_one_is_refused(sources, vocab):
     with pytest.raises(PasserelleError, match="max_compositions"):
         next(iter_openehr_batches([sources], vocab, max_compositions=0))

@@ -88,7 +88,7 @@ def iter_openehr_batches(
         raise PasserelleError(f"max_compositions must be at least 1, not {max_compositions}")
     collector = _collector(mapping_dirs)
     with tempfile.TemporaryDirectory(prefix="passerelle-openehr-") as folder:
-        spill = Spill(Path(folder))
+        spill = Spill(Path(folder), held=max_compositions)
 
         def keep(sequence: int, row: dict, mapped: MappedComposition) -> None:
             collector(sequence, row, mapped)

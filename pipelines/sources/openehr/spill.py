@@ -26,18 +26,38 @@ def bucket(column: str = "ehr_id") -> pl.Expr:
 
 
 class Spill:
-    """Flushed ``Found`` frames in ``folder``, read back by range of buckets."""
+    """Flushed ``Found`` frames in ``folder``, read back by range of buckets.
 
-    def __init__(self, folder: Path) -> None:
+    Up to ``held`` compositions stay in memory and reach the disk only if more come: an export that
+    makes one batch is never written and read back (10 k patients, 28,586 compositions in one batch
+    of at most 50,000: 0.5-0.7 CPU s of Parquet writing and reading saved)."""
+
+    def __init__(self, folder: Path, held: int = 0) -> None:
         self.folder = folder
         self.runs = 0
         self.kinds = [f.name for f in fields(Found)]
+        self.held = held
+        self.holding: list[Found] = []  # sorted by bucket, as they would be written
+        self.compositions = 0
 
     def write(self, found: Found) -> None:
-        for kind in self.kinds:
-            frame = getattr(found, kind).with_columns(bucket()).sort("bucket", maintain_order=True)
-            frame.write_parquet(self._file(kind, self.runs), compression="lz4", row_group_size=_ROW_GROUP)
-        self.runs += 1
+        self.holding.append(
+            Found(
+                **{
+                    kind: getattr(found, kind).with_columns(bucket()).sort("bucket", maintain_order=True)
+                    for kind in self.kinds
+                }
+            )
+        )
+        self.compositions += found.compositions.height
+        if self.runs or self.compositions > self.held:
+            for held in self.holding:
+                for kind in self.kinds:
+                    getattr(held, kind).write_parquet(
+                        self._file(kind, self.runs), compression="lz4", row_group_size=_ROW_GROUP
+                    )
+                self.runs += 1
+            self.holding.clear()
 
     def compositions_per_bucket(self, kept: pl.Expr) -> dict[int, int]:
         """How many compositions that stay (``kept``: a predicate) each bucket holds."""
@@ -50,6 +70,8 @@ class Spill:
         return Found(*(self._scan(kind).filter(within).drop("bucket").collect() for kind in self.kinds))
 
     def _scan(self, kind: str) -> pl.LazyFrame:
+        if not self.runs:
+            return pl.concat([getattr(held, kind).lazy() for held in self.holding], how="vertical")
         return pl.scan_parquet([self._file(kind, run) for run in range(self.runs)])
 
     def _file(self, kind: str, run: int) -> Path:
