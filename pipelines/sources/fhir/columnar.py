@@ -87,20 +87,16 @@ def parse_block(
         if _needs_check(column.type):
             for chunk in column.chunks:
                 _check(chunk)
-    return pl.from_arrow(_in_full_types(table, kind))
+    return _in_full_types(pl.from_arrow(table), kind)
 
 
-def _in_full_types(table: pa.Table, kind: str) -> pa.Table:
-    """A table parsed against the lean schema, its null-typed columns cast to the full schema's types
-    (the other columns as they are: casting the whole table cost a millisecond a call even when small)."""
-    types = [_schema(kind).field(name).type for name in table.column_names]
-    if all(column.type == full for column, full in zip(table.columns, types, strict=True)):
-        return table
-    columns = [
-        column if column.type == full else column.cast(full)
-        for column, full in zip(table.columns, types, strict=True)
-    ]
-    return pa.table(columns, names=table.column_names)
+def _in_full_types(frame: pl.DataFrame, kind: str) -> pl.DataFrame:
+    """A frame parsed against the lean schema with its null-typed parts cast to the Struct's types,
+    in Polars: a 12 k-row Observation block took 3 ms, against 5-7 ms for Arrow's cast before the
+    conversion (which converts the nested nulls too)."""
+    full = model.polars_schema(model.resource_structs()[kind])
+    lean = [pl.col(name).cast(full[name]) for name, dtype in frame.schema.items() if dtype != full[name]]
+    return frame.with_columns(lean) if lean else frame
 
 
 class Presence:
@@ -112,7 +108,7 @@ class Presence:
     counter, a struct of Codings a builder per leaf). So once the first lines of a type have been
     parsed against the full schema (the first ``_FIRST_LINES`` bytes of its first large block, or
     the whole of a small one), blocks are parsed with every element no block has held so far typed
-    null, and cast to the full schema. A value in a null-typed element stops Arrow ("changed from
+    null, then cast to the Struct's types. A value in a null-typed element stops Arrow ("changed from
     null to ..."); the block is then parsed again against the full schema, whose outcome, table or
     error, is the one used, and what it holds is learnt. Either way the table is the full parse's.
     Shared by the reader's threads: a lost update only costs a parse again."""
