@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 from msgspec import UNSET
 
-from pipelines.sources.openehr.canonical import EMPTY, Node, present
+from pipelines.sources.openehr.canonical import EMPTY, Node, present, raw_value
 from pipelines.sources.openehr.times import parse_clock, parse_time
 
 ELEMENT_SCHEMA = {
@@ -204,7 +204,7 @@ def walk_composition(
         start = _required_time(context.start_time, "/context/start_time", zone)
         end = _time_value(context.end_time, zone)
         setting = ((context.setting or {}).get("defining_code") or {}).get("code_string")
-    details = composition.archetype_details or {}
+    details = raw_value(composition.archetype_details) or {}
     archetype = composition.archetype_node_id or (details.get("archetype_id") or {}).get("value")
     base = {
         "composition_uid": uid,
@@ -330,7 +330,7 @@ class _Walker:
             "node_path": indexed,
             "node_id": node_id,
             "is_element": True,
-            "name": (node.name or {}).get("value"),
+            "name": (raw_value(node.name) or {}).get("value"),
             "_scope": scope,
         }
         flavour = present(node.null_flavour)

@@ -25,7 +25,7 @@ from msgspec import UNSET
 
 from pipelines.errors import PasserelleError
 from pipelines.mapping.batch import QUARANTINE_SCHEMA
-from pipelines.sources.openehr.canonical import EMPTY, DecodeError, Node, decode
+from pipelines.sources.openehr.canonical import EMPTY, DecodeError, Node, decode, raw_value
 from pipelines.sources.openehr.flatten import (
     ELEMENT_SCHEMA,
     CompositionError,
@@ -227,7 +227,7 @@ class _Reader:
                 return
         self.sequence += 1
         self.kept[uid] = (self.sequence, version)
-        details = composition.archetype_details or {}
+        details = raw_value(composition.archetype_details) or {}
         row = {
             "composition_uid": uid,
             "composition_version": version,
