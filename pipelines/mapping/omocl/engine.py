@@ -191,6 +191,9 @@ class _RowPlan:
     # position, is element) nearest the focus first) or (_MULTIPLY, output, element positions of each
     # factor)
     fields: tuple[tuple[str, bool, tuple], ...]
+    focus_path: str  # the focus node's path: the same in every composition of the structure
+    labels: dict  # the columns a row of this plan always has, whatever the composition
+    kept_without_evidence: bool  # a Person or Visit row stands without an element behind it
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,15 @@ def _plan_row(tree, positions, file: OmoclFile, index: int, mapping: RowMapping,
                 positions[id(focus)],
                 driver is not None,
                 tuple(fields),
+                focus["node_path"],
+                {
+                    "omocl_file": file.name,
+                    "omocl_type": mapping.type,
+                    "mapping_index": index,
+                    "archetype": file.archetype,
+                    "focus_path": focus["node_path"],
+                },
+                mapping.type in ("Person", "Visit"),
             )
         )
 
@@ -314,33 +326,25 @@ def run_plan(
                 if not optional:
                     missing = name  # the row is not given: its other fields do not matter
                     break
-                continue
-            evidence = evidence or from_element
-        anchor = nodes[row_plan.anchor]["_scope"]
-        focus_path = nodes[row_plan.focus]["node_path"]
-        file = row_plan.file
+            elif from_element:
+                evidence = True
         if missing:
             if row_plan.driven:
                 incomplete.append(
                     {
-                        "composition_uid": anchor["composition_uid"],
-                        "omocl_file": file.name,
-                        "focus_path": focus_path,
+                        "composition_uid": nodes[row_plan.anchor]["_scope"]["composition_uid"],
+                        "omocl_file": row_plan.file.name,
+                        "focus_path": row_plan.focus_path,
                         "missing_field": missing,
                     }
                 )
             continue
-        if not evidence and row_plan.mapping.type not in ("Person", "Visit"):
+        if not evidence and not row_plan.kept_without_evidence:
             continue
-        row.update(
-            composition_uid=anchor["composition_uid"],
-            ehr_id=anchor["ehr_id"],
-            omocl_file=file.name,
-            omocl_type=row_plan.mapping.type,
-            mapping_index=row_plan.index,
-            archetype=file.archetype,
-            focus_path=focus_path,
-        )
+        anchor = nodes[row_plan.anchor]["_scope"]
+        row.update(row_plan.labels)
+        row["composition_uid"] = anchor["composition_uid"]
+        row["ehr_id"] = anchor["ehr_id"]
         candidates.append(row)
     return candidates, incomplete, dict(plan.custom)
 

@@ -6,7 +6,7 @@ have 9): the same nodes, element value types, entries and events. The general wa
 of a structure reads a handful of its nodes. ``read_shape`` walks a composition once for what
 changes from one composition to the next (every element's value, every entry, event and history
 time, parsed and checked as the general walk does) and a key of its structure. A ``Template``, made
-once per structure from the general walk of its first composition, gives the rest: the paths and
+once per structure from the general walk of its first composition, gives the rest: the places and
 scopes of the nodes a plan reads, the only ones built as dicts.
 
 Anything the general walk would refuse, or that is not plain (a node that is not an object, an
@@ -151,17 +151,19 @@ class _ShapeWalker:
 
 
 # columns of the general walk's nodes that no plan reads, and the scope's columns plans read
-_NOT_COMPARED = frozenset({"path", "node_id", "name", "null_flavour"})
+_NOT_COMPARED = frozenset({"path", "node_path", "node_id", "name", "null_flavour"})
 _SCOPE_READ = ("entry_time", "event_time", "context_start")
 
 
 @dataclass(frozen=True)
 class Template:
-    """What a structure's compositions share: the paths and scopes of the nodes a plan reads."""
+    """What a structure's compositions share: the places and scopes of the nodes a plan reads."""
 
     size: int  # nodes
-    # (position, node_path, is_element, rm_type, position of the enclosing entry, of the event)
-    built: tuple[tuple[int, str, bool, str | None, int | None, int | None], ...]
+    # (position, is an element, its RM type, index of its scope in ``scopes``) of each node built
+    built: tuple[tuple[int, bool, str | None, int], ...]
+    # positions of the entry and the event enclosing the nodes built (None: not in one)
+    scopes: tuple[tuple[int | None, int | None], ...]
 
     @staticmethod
     def of(nodes: list[dict], shape: Shape, positions: frozenset[int]) -> Template | None:
@@ -172,20 +174,18 @@ class Template:
             return None
         at = {node["node_path"]: position for position, node in enumerate(nodes)}
         built = []
+        scopes: dict[tuple[int | None, int | None], int] = {}
         for position in sorted(positions):
             node = nodes[position]
             scope = node["_scope"]
-            built.append(
-                (
-                    position,
-                    node["node_path"],
-                    node["is_element"],
-                    node.get("rm_type"),
-                    at.get(scope["entry_path"]) if "entry_path" in scope else None,
-                    at.get(scope["event_path"]) if "event_path" in scope else None,
-                )
+            enclosing = (
+                at.get(scope["entry_path"]) if "entry_path" in scope else None,
+                at.get(scope["event_path"]) if "event_path" in scope else None,
             )
-        template = Template(len(nodes), tuple(built))
+            built.append(
+                (position, node["is_element"], node.get("rm_type"), scopes.setdefault(enclosing, len(scopes)))
+            )
+        template = Template(len(nodes), tuple(built), tuple(scopes))
         made = template.nodes(shape, scope={"context_start": shape.context_start})
         for position, node in made.items():
             walked = nodes[position]
@@ -197,30 +197,29 @@ class Template:
         return template
 
     def nodes(self, shape: Shape, scope: dict) -> dict[int, dict]:
-        """The nodes the plan reads, by position, as the general walk gives them (their own columns
-        and a ``_scope`` of ``scope`` with the enclosing entry's and event's times)."""
+        """The nodes the plan reads, by position, as the general walk gives them (the columns plans
+        read, and a ``_scope`` of ``scope`` with the enclosing entry's and event's times)."""
         values = shape.values
+        scopes = []
+        for entry, event in self.scopes:
+            own = dict(scope)
+            if entry is not None:
+                own["entry_time"] = values[entry]
+            if event is not None:
+                own["event_time"] = values[event]
+            scopes.append(own)
         made: dict[int, dict] = {}
-        scopes: dict[tuple, dict] = {}
-        for position, node_path, is_element, rm_type, entry, event in self.built:
-            enclosing = (entry, event)
-            own_scope = scopes.get(enclosing)
-            if own_scope is None:
-                own_scope = scopes[enclosing] = dict(scope)
-                if entry is not None:
-                    own_scope["entry_time"] = values[entry]
-                if event is not None:
-                    own_scope["event_time"] = values[event]
+        for position, is_element, rm_type, scope_index in self.built:
             if is_element:  # the composition's own dict, made by read_shape
                 node = values[position]
-                node.update(node_path=node_path, is_element=True, _scope=own_scope)
+                node["is_element"] = True
+                node["_scope"] = scopes[scope_index]
             else:
                 node = {
-                    "node_path": node_path,
                     "is_element": False,
                     "rm_type": rm_type,
                     "node_time": values[position],
-                    "_scope": own_scope,
+                    "_scope": scopes[scope_index],
                 }
             made[position] = node
         return made
