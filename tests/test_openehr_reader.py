@@ -6,6 +6,7 @@ import hashlib
 import json
 from datetime import date, datetime, time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
 import polars as pl
@@ -322,6 +323,21 @@ def test_every_shared_sample_composition_is_read(shared):
 def test_times_follow_the_one_zone_rule_and_partial_dates_take_the_first_day(text, zone, value, precision):
     read = parse_time(text, configured_zone(zone))
     assert (read.value, read.precision) == (value, precision)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Etc/UTC"])
+def test_a_time_with_an_offset_read_in_utc_is_the_instant_astimezone_gives(zone):
+    texts = [
+        "2024-03-05T23:30:00+01:00",
+        "2024-12-31T22:15:00.125-05:00",
+        "2024-01-01T03:00:00+05:30",
+        "2023-06-30T20:00:00-09:30",
+        "2024-02-29T00:00:00Z",
+        "20240305T101500+0100",
+    ]
+    for text in texts:
+        instant = datetime.fromisoformat(text).astimezone(ZoneInfo(zone)).replace(tzinfo=None)
+        assert parse_time(text, configured_zone(zone)) == (instant, "time"), text
 
 
 def test_an_impossible_date_is_not_a_date_and_an_unknown_zone_is_a_user_error():
