@@ -365,3 +365,23 @@ def test_data_values_written_without_their_type_are_recognised_by_their_keys(tmp
         ("DV_BOOLEAN", None, None, True, None),
         ("DV_TEXT", None, None, None, "plain text"),
     ]
+
+
+def test_a_name_or_width_that_is_not_an_object_is_quarantined_not_a_crash(tmp_path):
+    """A DV_TEXT name or a DV_DURATION width given as a bare string: the composition is quarantined
+    with the path of the attribute (it raised AttributeError out of the run before)."""
+    folder = tmp_path / EHR
+    folder.mkdir()
+    bad_name = composition([blood_pressure(("2024-01-02T08:00:00Z", 120.0, 80.0))], uid="n1::cdr::1")
+    bad_name["content"][0]["data"]["events"][0]["data"]["items"][0]["name"] = "Systolic"
+    _write(folder / "bad_name.json", bad_name)
+    bad_width = composition([blood_pressure(("2024-01-02T08:00:00Z", 120.0, 80.0))], uid="w1::cdr::1")
+    bad_width["content"][0]["data"]["events"][0]["width"] = "PT1M"
+    _write(folder / "bad_width.json", bad_width)
+    export = read_openehr([folder])
+    quarantine = export.quarantine.sort("record_id")
+    assert quarantine.select("record_id", "reason_code").rows() == [("n1", "malformed"), ("w1", "malformed")]
+    reasons = quarantine["reason"].to_list()
+    assert reasons[0].startswith("expected an object at /content[") and reasons[0].endswith("#0/name")
+    assert reasons[1].endswith("/events[at0006]#0/width")
+    assert export.compositions.height == 0

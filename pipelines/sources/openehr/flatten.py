@@ -154,6 +154,13 @@ class CompositionError(ValueError):
         self.reason = reason
 
 
+def _object(value: object, path: str) -> dict | None:
+    """An RM attribute that must be a JSON object when present (a DV_TEXT name, a DV_DURATION width)."""
+    if value is None or isinstance(value, dict):
+        return value
+    raise CompositionError("malformed", path, "expected an object")
+
+
 def composition_uid(composition: Node) -> tuple[str | None, str | None]:
     """``uid.value`` split into (uid without version, version tree id)."""
     uid = (composition.uid or {}).get("value")
@@ -277,7 +284,7 @@ class _Walker:
                 self.times.append(spanned)
         elif rm_type in EVENT_TYPES:
             own_time = _required_time(present(node.time), f"{indexed}/time", self.zone)
-            width = (node.width or {}).get("value")
+            width = (_object(node.width, f"{indexed}/width") or {}).get("value")
             scope = {
                 **scope,
                 "event_type": rm_type,
@@ -330,7 +337,7 @@ class _Walker:
             "node_path": indexed,
             "node_id": node_id,
             "is_element": True,
-            "name": (raw_value(node.name) or {}).get("value"),
+            "name": (_object(raw_value(node.name), f"{indexed}/name") or {}).get("value"),
             "_scope": scope,
         }
         flavour = present(node.null_flavour)
