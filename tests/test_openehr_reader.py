@@ -369,19 +369,25 @@ def test_data_values_written_without_their_type_are_recognised_by_their_keys(tmp
 
 def test_a_name_or_width_that_is_not_an_object_is_quarantined_not_a_crash(tmp_path):
     """A DV_TEXT name or a DV_DURATION width given as a bare string: the composition is quarantined
-    with the path of the attribute (it raised AttributeError out of the run before)."""
-    folder = tmp_path / EHR
-    folder.mkdir()
-    bad_name = composition([blood_pressure(("2024-01-02T08:00:00Z", 120.0, 80.0))], uid="n1::cdr::1")
+    with the path of the attribute (it raised AttributeError out of the run before), also when a
+    good composition of the same structure came first (read by shapes.py, not the general walk)."""
+    readings = [blood_pressure(("2024-01-02T08:00:00Z", 120.0, 80.0))]
+    good, bad_name, bad_width = (composition(readings, uid=f"{u}::cdr::1") for u in ("g1", "n1", "w1"))
     bad_name["content"][0]["data"]["events"][0]["data"]["items"][0]["name"] = "Systolic"
-    _write(folder / "bad_name.json", bad_name)
-    bad_width = composition([blood_pressure(("2024-01-02T08:00:00Z", 120.0, 80.0))], uid="w1::cdr::1")
     bad_width["content"][0]["data"]["events"][0]["width"] = "PT1M"
-    _write(folder / "bad_width.json", bad_width)
-    export = read_openehr([folder])
-    quarantine = export.quarantine.sort("record_id")
-    assert quarantine.select("record_id", "reason_code").rows() == [("n1", "malformed"), ("w1", "malformed")]
-    reasons = quarantine["reason"].to_list()
-    assert reasons[0].startswith("expected an object at /content[") and reasons[0].endswith("#0/name")
-    assert reasons[1].endswith("/events[at0006]#0/width")
-    assert export.compositions.height == 0
+    for first in ([], [good]):
+        rows = [[EHR, c] for c in [*first, bad_name, bad_width]]
+        _write(
+            tmp_path / "aql" / "page.json",
+            {"columns": [{"path": "/ehr_id/value"}, {"path": "c"}], "rows": rows},
+        )
+        export = read_openehr([tmp_path / "aql"])
+        quarantine = export.quarantine.sort("record_id")
+        assert quarantine.select("record_id", "reason_code").rows() == [
+            ("n1", "malformed"),
+            ("w1", "malformed"),
+        ]
+        reasons = quarantine["reason"].to_list()
+        assert reasons[0].startswith("expected an object at /content[") and reasons[0].endswith("#0/name")
+        assert reasons[1].endswith("/events[at0006]#0/width")
+        assert export.compositions["composition_uid"].to_list() == (["g1"] if first else [])

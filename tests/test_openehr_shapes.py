@@ -157,3 +157,28 @@ def test_a_bad_value_in_a_composition_of_a_known_structure_is_quarantined_with_i
     assert quarantine["reason_code"].sort().to_list() == ["bad_time", "malformed", "unknown_rm_type"]
     assert batch.tables["measurement"].height == 2 * 2
     assert batch.inputs["COMPOSITION"] == 5
+
+
+def test_a_name_or_width_not_an_object_in_a_known_structure_is_quarantined_as_the_general_walk_does(
+    tmp_path, vocab
+):
+    """shapes.py does not read names and widths; it must still leave such a composition to the
+    general walk, which quarantines it, rather than map it as if the attribute were fine."""
+    folder = tmp_path / EHR
+    readings = [blood_pressure(("2024-03-01T08:00:00Z", 120.0, 80.0))]
+    _write(folder, "a-good.json", composition(readings, uid="good::cdr::1"))
+    bad_name = composition(readings, uid="name::cdr::1")
+    bad_name["content"][0]["data"]["events"][0]["data"]["items"][0]["name"] = "Systolic"
+    _write(folder, "b-name.json", bad_name)
+    bad_width = composition(readings, uid="width::cdr::1")
+    bad_width["content"][0]["data"]["events"][0]["width"] = "PT1M"
+    _write(folder, "c-width.json", bad_width)
+
+    batch = map_openehr([tmp_path], vocab)
+
+    quarantine = batch.quarantine.filter(pl.col("record_type") == "COMPOSITION")
+    assert dict(quarantine.select("record_id", "reason").iter_rows()) == {
+        "name": f"expected an object at {EVENT}#0/data[at0003]/items[at0004]#0/name",
+        "width": f"expected an object at {EVENT}#0/width",
+    }
+    assert batch.tables["measurement"].height == 2  # the good composition's two readings

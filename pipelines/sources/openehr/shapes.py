@@ -49,6 +49,9 @@ class Shape:
     context_end: datetime | None
 
 
+_OBJECT_OR_NULL = frozenset(b"{n")  # first byte of a raw JSON object, or of null
+
+
 class _Unusual(Exception):
     """The composition is left to the general walk."""
 
@@ -105,6 +108,8 @@ class _ShapeWalker:
             rm_type = _implicit_type(attr, node)
         tokens = self.tokens
         if rm_type == "ELEMENT":
+            if node.name and memoryview(node.name)[0] not in _OBJECT_OR_NULL:
+                raise _Unusual  # a name that is not an object: the general walk quarantines it
             value = present(node.value)
             row: dict = {}
             kind = None
@@ -131,6 +136,8 @@ class _ShapeWalker:
             if spanned is not None:
                 self.times.append(spanned)
         elif rm_type in EVENT_TYPES:
+            if node.width is not None and not isinstance(node.width, dict):
+                raise _Unusual  # as a name
             own_time = event_time = _required_time(present(node.time), "", self.zone)
             self.times.append(own_time)
         elif rm_type == "HISTORY":
