@@ -170,7 +170,7 @@ def allocate_ids(
         )
     if new:
         con.execute(
-            f"""INSERT INTO {side}.id_map (omop_table, source_key, omop_id, first_run_id)
+            f"""INSERT INTO {ids.new_keys(con)} (omop_table, source_key, omop_id, first_run_id)
                 SELECT ?, _key, omop_id, ? FROM {_KEYS} WHERE new""",
             [table.name, run_id],
         )
@@ -193,6 +193,26 @@ class RunIds:
     def __init__(self, side: str) -> None:
         self._side = side
         self._highest: dict[str, int] = {}
+        self._new: str | None = None
+
+    def new_keys(self, con: duckdb.DuckDBPyConnection) -> str:
+        """The temporary table of the id map rows this run adds, written to the id map by ``store``.
+
+        One INSERT per run rather than one per table and batch: DuckDB wrote the rows of 33 small
+        INSERTs to its WAL and compressed them again at the commit, the run's tail."""
+        if self._new is None:
+            self._new = "_passerelle_new_ids"
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {self._new} AS SELECT * FROM {self._side}.id_map LIMIT 0"
+            )
+        return self._new
+
+    def store(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Write the run's new keys to the id map."""
+        if self._new is not None:
+            con.execute(f"INSERT INTO {self._side}.id_map SELECT * FROM {self._new}")
+            con.execute(f"DROP TABLE {self._new}")
+            self._new = None
 
     def of(self, con: duckdb.DuckDBPyConnection, table: Table) -> str:
         """The temporary table (source_key, omop_id) of ``table``'s keys."""
